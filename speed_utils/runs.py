@@ -1,0 +1,197 @@
+"""Run folders: layout, atomic writes, append-only JSONL, manifests and stage done markers.
+
+Every file a stage writes is either replaced atomically (write to a temporary file in the same
+folder, fsync, rename) or appended one complete line at a time. A process killed at any moment
+therefore leaves either the old file, the new file, or a JSONL file whose last line may be cut;
+readers drop such a cut tail (and :func:`append_jsonl` repairs it before appending).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "results" / "runs"
+
+
+# ---------------------------------------------------------------- atomic and append-only I/O
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
+    """Replace ``path`` atomically with one JSON object per line; returns the row count."""
+    lines = [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in rows]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+_append_lock = threading.Lock()
+
+
+def _drop_cut_tail(path: Path) -> None:
+    """Truncate a last line that has no newline (a write cut by a kill)."""
+    with open(path, "rb+") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        back = min(size, 1 << 20)
+        while True:
+            f.seek(size - back)
+            chunk = f.read(back)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0 or back == size:
+                f.truncate(size - back + cut + 1 if cut >= 0 else 0)
+                return
+            back = min(size, back * 2)
+
+
+def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """Append complete lines, fsynced, under a process-wide lock (threads share files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+    with _append_lock:
+        if path.exists():
+            _drop_cut_tail(path)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    """Rows of a JSONL file; a cut last line (no newline, not JSON) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    pass  # a write cut by a kill; append_jsonl will drop it
+                return
+            if line.strip():
+                yield json.loads(line)
+
+
+def count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.endswith(b"\n"))
+
+
+# ---------------------------------------------------------------- hashing
+def sha256_path(path: Path) -> str:
+    """sha256 of a file, or of a folder's relative paths and file contents in sorted order."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for p in files:
+        if path.is_dir():
+            h.update(str(p.relative_to(path)).encode() + b"\0")
+        with open(p, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- run folder
+@dataclass(frozen=True)
+class RunPaths:
+    """The layout of ``results/runs/<run_id>/`` (design.md, "Run folder")."""
+
+    root: Path
+
+    @classmethod
+    def for_run(cls, run_id: str, base: Path | None = None) -> "RunPaths":
+        return cls(Path(base or RESULTS_DIR) / run_id)
+
+    config = property(lambda s: s.root / "config.yaml")
+    manifest = property(lambda s: s.root / "manifest.json")
+    ledger = property(lambda s: s.root / "ledger.jsonl")
+    teacher_cache = property(lambda s: s.root / "teacher_cache")
+    notebooks = property(lambda s: s.root / "notebooks")
+    data = property(lambda s: s.root / "data")
+    adapters = property(lambda s: s.root / "adapters")
+    models = property(lambda s: s.root / "models")
+    mteb = property(lambda s: s.root / "mteb")
+    figures = property(lambda s: s.root / "figures")
+    stages = property(lambda s: s.root / "stages")
+    logs = property(lambda s: s.root / "logs")
+
+    def marker(self, stage: int) -> Path:
+        return self.stages / f"{stage:02d}.done.json"
+
+    def make(self) -> "RunPaths":
+        for d in (self.root, self.notebooks, self.data, self.figures, self.stages, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages whose behaviour shapes the numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "trl", "sentence-transformers", "mteb", "openai",
+                "papermill", "xllamacpp", "datasets", "accelerate", "bitsandbytes", "vllm"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def file_summary(path: Path) -> dict:
+    """What the manifest records for one output: hash, size and, for JSONL, the row count."""
+    path = Path(path)
+    info: dict[str, Any] = {"sha256": sha256_path(path)}
+    if path.is_file():
+        info["bytes"] = path.stat().st_size
+        if path.suffix == ".jsonl":
+            info["rows"] = count_lines(path)
+    return info
+
+
+def update_manifest(run: RunPaths, stage: int, outputs: Iterable[Path]) -> dict:
+    """Record the stage's outputs in ``manifest.json`` (atomic replace)."""
+    manifest = json.loads(run.manifest.read_text()) if run.manifest.exists() else {"files": {}}
+    for p in outputs:
+        rel = str(Path(p).resolve().relative_to(run.root.resolve()))
+        manifest["files"][rel] = {"stage": stage, **file_summary(p)}
+    manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    atomic_write_json(run.manifest, manifest)
+    return manifest

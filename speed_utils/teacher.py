@@ -1,0 +1,472 @@
+"""The teacher: an OpenAI-compatible endpoint with a cache, a ledger, retries and a budget.
+
+SPEED calls GPT-4o for brainstorming, seed data, DPO judgements and revisions (§3.2; 45K calls in
+all, §4.5). Here the teacher is always reached with the ``openai`` client at a configurable
+``base_url``: OpenAI, Azure, vLLM, or a llama.cpp server that :class:`LlamaServer` starts on
+loopback for offline profiles.
+
+* **Cache**: replies are stored by request hash (model, messages, sampling settings, response
+  format) in ``teacher_cache/responses.jsonl``, append-only; a rerun makes zero calls.
+* **Ledger**: ``ledger.jsonl`` gets one row per request: stage, model, tokens, latency, cache hit.
+* **Retries**: 429 (honouring ``Retry-After``), 5xx, timeouts and refused connections are
+  retried with exponential back-off, a bounded number of times; then the run stops with
+  :class:`TeacherUnavailable`, keeping every reply already cached.
+* **Budget**: ``max_calls`` / ``max_tokens`` per run; :class:`BudgetExceeded` stops cleanly.
+* **Secrets**: the API key comes from the environment variable named in the profile. It is
+  never written to the cache, the ledger, logs or notebooks.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from .runs import RunPaths, append_jsonl, read_jsonl
+
+
+class TeacherError(RuntimeError):
+    """The teacher cannot be used; the message says why and what to do."""
+
+
+class TeacherUnavailable(TeacherError):
+    """The endpoint did not answer after bounded retries."""
+
+
+class BudgetExceeded(TeacherError):
+    """The profile's call or token budget is spent; work done so far is cached."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One chat completion. ``tag`` is bookkeeping only and not part of the cache key."""
+
+    messages: tuple[tuple[str, str], ...]  # (role, content)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 800
+    seed: int | None = None
+    response_format: str | None = None  # JSON text of an OpenAI response_format, if any
+    tag: str = ""
+
+    @classmethod
+    def chat(cls, user: str, system: str | None = None, **kw) -> "Request":
+        msgs = ((("system", system),) if system else ()) + (("user", user),)
+        return cls(messages=msgs, **kw)
+
+    def body(self, model: str) -> dict:
+        body = {"model": model, "messages": [{"role": r, "content": c} for r, c in self.messages],
+                "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        if self.seed is not None:
+            body["seed"] = self.seed
+        if self.response_format:
+            body["response_format"] = json.loads(self.response_format)
+        return body
+
+    def key(self, model: str) -> str:
+        return hashlib.sha256(json.dumps(self.body(model), sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Reply:
+    key: str
+    content: str | None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False
+    latency_s: float = 0.0
+    attempts: int = 0
+    error: str | None = None  # set when this request gave no usable completion (a reject)
+    tag: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.content is not None
+
+
+class ResponseCache:
+    """Append-only reply cache keyed by request hash; loaded once, appended per reply."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / "responses.jsonl"
+        self._rows = {r["key"]: r for r in read_jsonl(self.path)}
+
+    def get(self, key: str) -> dict | None:
+        return self._rows.get(key)
+
+    def put(self, row: dict) -> None:
+        append_jsonl(self.path, [row])
+        self._rows[row["key"]] = row
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+@dataclass
+class Usage:
+    calls: int = 0  # requests sent (not cache hits), including failed ones
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def ledger_usage(path: Path) -> Usage:
+    """Totals over a ledger file: what the budget guard counts."""
+    u = Usage()
+    for row in read_jsonl(path):
+        if not row.get("cache_hit"):
+            u.calls += 1
+            u.prompt_tokens += row.get("prompt_tokens") or 0
+            u.completion_tokens += row.get("completion_tokens") or 0
+    return u
+
+
+@dataclass
+class TeacherSettings:
+    """What :class:`Teacher` needs from ``TeacherCfg`` (kept separate for tests)."""
+
+    model: str
+    max_concurrency: int = 2
+    max_retries: int = 5
+    timeout_s: float = 300.0
+    backoff_s: float = 1.0
+    max_calls: int | None = None
+    max_tokens: int | None = None
+
+
+ClientFactory = Callable[[], object]  # returns an ``openai.OpenAI``; called on the first real call
+
+
+class Teacher:
+    """Cached, budgeted, retrying access to one OpenAI-compatible teacher for one stage."""
+
+    def __init__(self, settings: TeacherSettings, run: RunPaths, stage: str, connect: ClientFactory,
+                 describe: str = "teacher"):
+        self.s = settings
+        self.run = run
+        self.stage = stage
+        self.describe = describe
+        self._connect = connect
+        self._client = None
+        self._lock = threading.Lock()
+        self.cache = ResponseCache(run.teacher_cache)
+        self.usage = ledger_usage(run.ledger)  # budget counts the whole run, across reruns
+        self.session = Usage()  # this object's own calls
+        self.cache_hits = 0
+        self._stop: TeacherError | None = None
+
+    # -- one request --------------------------------------------------------------------
+    def complete(self, req: Request) -> Reply:
+        """Return a cached or fresh reply; raise only when the whole run must stop."""
+        key = req.key(self.s.model)
+        hit = self.cache.get(key)
+        if hit is not None:
+            reply = Reply(key=key, content=hit["content"], finish_reason=hit.get("finish_reason"),
+                          prompt_tokens=hit.get("prompt_tokens", 0),
+                          completion_tokens=hit.get("completion_tokens", 0), cached=True, tag=req.tag)
+            with self._lock:
+                self.cache_hits += 1
+            self._log(reply)
+            return reply
+        self._reserve()
+        reply = self._call(req, key)
+        with self._lock:
+            for u in (self.usage, self.session):
+                u.prompt_tokens += reply.prompt_tokens
+                u.completion_tokens += reply.completion_tokens
+        if reply.ok:
+            self.cache.put({"key": key, "model": self.s.model, "content": reply.content,
+                            "finish_reason": reply.finish_reason, "prompt_tokens": reply.prompt_tokens,
+                            "completion_tokens": reply.completion_tokens, "stage": self.stage,
+                            "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self._log(reply)
+        return reply
+
+    def _reserve(self) -> None:
+        """Budget guard: count the call before sending it, or refuse it."""
+        with self._lock:
+            if self._stop:
+                raise self._stop
+            s, u = self.s, self.usage
+            limit = None
+            if s.max_calls is not None and u.calls >= s.max_calls:
+                limit = f"teacher.max_calls={s.max_calls} (used {u.calls})"
+            elif s.max_tokens is not None and u.tokens >= s.max_tokens:
+                limit = f"teacher.max_tokens={s.max_tokens} (used {u.tokens})"
+            if limit:
+                self._stop = BudgetExceeded(
+                    f"teacher budget reached: {limit}. Everything done so far is cached in "
+                    f"{self.run.teacher_cache}; raise the limit in the profile and rerun to continue.")
+                raise self._stop
+            u.calls += 1
+            self.session.calls += 1
+
+    def _client_once(self):
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect()
+            return self._client
+
+    def _call(self, req: Request, key: str) -> Reply:
+        import openai
+        from openai.types.chat import ChatCompletion
+
+        client = self._client_once()
+        last = ""
+        for attempt in range(1, self.s.max_retries + 2):
+            t0 = time.monotonic()
+            wait = self.s.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random())
+            try:
+                resp = client.chat.completions.create(**req.body(self.s.model))
+            except openai.RateLimitError as e:
+                last = f"429 rate limited: {e.message}"
+                wait = _retry_after(e) or wait
+            except openai.InternalServerError as e:
+                last = f"{e.status_code} server error: {e.message}"
+            except openai.APITimeoutError:
+                last = f"timed out after {self.s.timeout_s:.0f}s"
+            except openai.APIConnectionError as e:
+                last = f"connection failed: {e.__cause__ or e}"
+            except openai.AuthenticationError as e:
+                raise TeacherError(f"{self.describe}: authentication refused ({e.status_code}); check the "
+                                   "API key's environment variable (teacher.api_key_env)") from None
+            except openai.APIStatusError as e:  # 400, 404, 422...: this request is bad, not the endpoint
+                return Reply(key=key, content=None, error=f"http {e.status_code}: {e.message}"[:300],
+                             attempts=attempt, latency_s=time.monotonic() - t0, tag=req.tag)
+            else:
+                latency = time.monotonic() - t0
+                if not isinstance(resp, ChatCompletion):  # openai 3.x returns str for a non-JSON body
+                    last = "malformed response body (not JSON)"
+                    if attempt > self.s.max_retries:
+                        return Reply(key=key, content=None, error=last, attempts=attempt,
+                                     latency_s=latency, tag=req.tag)
+                    time.sleep(wait)
+                    continue
+                usage = resp.usage
+                common = dict(key=key, attempts=attempt, latency_s=latency, tag=req.tag,
+                              prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                              completion_tokens=getattr(usage, "completion_tokens", 0) or 0)
+                if not resp.choices:
+                    return Reply(content=None, error="empty choice list", **common)
+                choice = resp.choices[0]
+                if choice.message is None or choice.message.content is None:
+                    return Reply(content=None, error="choice without content", **common)
+                return Reply(content=choice.message.content, finish_reason=choice.finish_reason, **common)
+            if attempt <= self.s.max_retries:
+                time.sleep(min(wait, 60.0))
+        err = TeacherUnavailable(
+            f"{self.describe} did not answer after {self.s.max_retries + 1} attempts (last: {last}). "
+            f"Replies so far are cached in {self.run.teacher_cache}; rerun when the endpoint is back.")
+        with self._lock:
+            self._stop = self._stop or err
+        raise err
+
+    def _log(self, r: Reply) -> None:
+        append_jsonl(self.run.ledger, [{
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": self.stage, "model": self.s.model,
+            "key": r.key[:16], "tag": r.tag, "cache_hit": r.cached,
+            "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+            "latency_s": round(r.latency_s, 3), "attempts": r.attempts, "finish_reason": r.finish_reason,
+            "status": "ok" if r.ok else "error", "error": r.error}])
+
+    # -- many requests ------------------------------------------------------------------
+    def map(self, reqs: Sequence[Request], desc: str = "teacher") -> list[Reply]:
+        """Run requests with bounded concurrency; results in input order.
+
+        Raises :class:`TeacherUnavailable` or :class:`BudgetExceeded` after in-flight requests
+        finish; everything answered until then is cached, so a rerun resumes for free.
+        """
+        out: list[Reply | None] = [None] * len(reqs)
+        t0, tokens0 = time.monotonic(), self.session.completion_tokens
+        bar = tqdm(total=len(reqs), desc=desc, unit="req", mininterval=2.0, file=sys.stderr,
+                   dynamic_ncols=True)
+        with ThreadPoolExecutor(max_workers=self.s.max_concurrency) as pool:
+            futures = {pool.submit(self._guarded, r): i for i, r in enumerate(reqs)}
+            for fut in as_completed(futures):
+                i = futures[fut]
+                try:
+                    out[i] = fut.result()
+                except TeacherError:
+                    continue
+                bar.update(1)
+                rate = (self.session.completion_tokens - tokens0) / max(time.monotonic() - t0, 1e-6)
+                bar.set_postfix(calls=self.session.calls, cached=self.cache_hits, tok_s=f"{rate:.1f}",
+                                refresh=False)
+        bar.close()
+        if self._stop:
+            raise self._stop
+        return out  # type: ignore[return-value]
+
+    def _guarded(self, req: Request) -> Reply:
+        if self._stop:
+            raise self._stop
+        return self.complete(req)
+
+    def summary(self) -> dict:
+        """This stage's teacher use, for its done marker (the cost notebook reads the ledger)."""
+        return {"calls": self.session.calls, "cache_hits": self.cache_hits,
+                "prompt_tokens": self.session.prompt_tokens, "completion_tokens": self.session.completion_tokens,
+                "model": self.s.model}
+
+    def close(self) -> None:
+        self._client = None
+
+
+def _retry_after(e) -> float | None:
+    try:
+        value = e.response.headers.get("retry-after")
+        return min(float(value), 120.0) if value is not None else None
+    except (AttributeError, ValueError):
+        return None
+
+
+def openai_client(base_url: str, api_key: str, timeout_s: float):
+    """An ``openai.OpenAI`` with its own retries off (ours are counted in the ledger)."""
+    import openai
+
+    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s)
+
+
+def api_key_from_env(var: str) -> str:
+    key = os.environ.get(var)
+    if not key:
+        raise TeacherError(f"the teacher needs an API key in the environment variable ${var} "
+                           "(teacher.api_key_env); it is not set")
+    return key
+
+
+# ---------------------------------------------------------------- local llama.cpp server
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class LlamaServer:
+    """A real llama.cpp server (the ``xllamacpp`` wheel) on loopback, in a child process.
+
+    The child dies with its parent (``PR_SET_PDEATHSIG``), so a killed kernel leaves no server.
+    Its request log goes to ``log_path``.
+    """
+
+    gguf: Path
+    log_path: Path
+    n_ctx: int = 4096  # per slot
+    n_parallel: int = 2
+    threads: int = 2
+    port: int = 0
+    startup_timeout_s: float = 180.0
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "LlamaServer":
+        self.port = self.port or free_port()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        cmd = [sys.executable, "-m", "speed_utils.llama_server", "--model", str(self.gguf),
+               "--port", str(self.port), "--n-ctx", str(self.n_ctx * self.n_parallel),
+               "--parallel", str(self.n_parallel), "--threads", str(self.threads)]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     preexec_fn=_die_with_parent,
+                                     env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+        log.close()
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise TeacherError(f"llama.cpp server exited with code {self.proc.returncode} while "
+                                   f"loading {self.gguf.name}; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise TeacherError(f"llama.cpp server not ready after {self.startup_timeout_s:.0f}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> "LlamaServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class open_teacher:
+    """Context manager: the profile's teacher for one stage, with a lazily started server.
+
+    ``with open_teacher(cfg, run, "02") as t: replies = t.map(requests)``. For the llamacpp
+    backend the server starts only at the first request the cache cannot answer.
+    """
+
+    def __init__(self, cfg, run: RunPaths, stage: str):
+        from . import assets
+
+        tc = cfg.teacher
+        self.server: LlamaServer | None = None
+        settings = TeacherSettings(model=tc.model, max_concurrency=tc.max_concurrency,
+                                   max_retries=tc.max_retries, timeout_s=tc.timeout_s,
+                                   backoff_s=tc.backoff_s, max_calls=tc.max_calls, max_tokens=tc.max_tokens)
+        if tc.backend == "llamacpp":
+            def connect():
+                gguf = assets.gguf_path(tc.model, online=cfg.use_hub())
+                self.server = LlamaServer(gguf, run.logs / "llama-server.log", n_ctx=tc.n_ctx,
+                                          n_parallel=tc.n_parallel, threads=tc.threads).start()
+                return openai_client(self.server.base_url, "local-no-key", tc.timeout_s)
+            where = f"local llama.cpp server ({tc.model})"
+        else:
+            def connect():
+                return openai_client(tc.base_url, api_key_from_env(tc.api_key_env), tc.timeout_s)
+            where = f"teacher at {tc.base_url} ({tc.model})"
+        self.teacher = Teacher(settings, run, stage, connect, describe=where)
+
+    def __enter__(self) -> Teacher:
+        return self.teacher
+
+    def __exit__(self, *exc) -> None:
+        self.teacher.close()
+        if self.server:
+            self.server.stop()
+
+
+__all__ = ["Request", "Reply", "Teacher", "TeacherSettings", "TeacherError", "TeacherUnavailable",
+           "BudgetExceeded", "LlamaServer", "open_teacher", "ledger_usage"]

@@ -1,0 +1,135 @@
+"""Teacher-written data: brainstormed tasks (stage 01) and seed examples (stage 02).
+
+SPEED §3.2.1: the teacher brainstorms short task descriptions per task type, each call
+conditioned on one ODP topic. §3.2.2: it then writes seed examples for sampled (task, prompt
+attributes), which train the junior generator. Both stages recompute everything from the
+teacher cache on a rerun, so a run killed mid-stage resumes with no repeated call, and their
+outputs are replaced atomically, so no row is ever lost or duplicated.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from typing import Iterable
+
+from .config import TASK_TYPES, Config, resolve_path
+from .prompts import Prompt, allocate, brainstorm_prompt, generation_prompt, rng_for, sample_topics
+from .runs import RunPaths, read_jsonl, write_jsonl
+from .schema import STS_TASK, TASK_LIST_SCHEMA, json_schema, parse_example, parse_task_list, response_format
+from .teacher import Reply, Request, Teacher
+
+RAW_KEEP = 4000  # characters of a rejected reply kept for inspection
+
+
+def request_seed(run_seed: int, prompt_id: str) -> int:
+    """A per-request sampling seed, so a teacher that honours ``seed`` is reproducible."""
+    return int(hashlib.sha256(f"{run_seed}:{prompt_id}".encode()).hexdigest()[:8], 16)
+
+
+def _reject(p: Prompt, reason: str, reply: Reply) -> dict:
+    return {"id": p.id, "task_type": p.task_type, "task": p.task, "topic": p.topic, "reason": reason,
+            "finish_reason": reply.finish_reason, "raw": (reply.content or "")[:RAW_KEEP]}
+
+
+# ---------------------------------------------------------------- stage 01
+def brainstorm_tasks(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
+    """Brainstorm tasks for each (topic, type); write ``tasks.jsonl`` and the rejects.
+
+    STS needs no brainstorm (E5/SPEED): each topic gets one STS row with the fixed task
+    "Retrieve semantically similar text.", and the STS prompt is conditioned on the topic.
+    """
+    b = cfg.brainstorm
+    topics = sample_topics(b.n_topics, cfg.run.seed, b.topic_max_depth,
+                           resolve_path(b.topics_file) if b.topics_file else None)
+    prompts = [brainstorm_prompt(t, topic, i, cfg.run.seed, b.tasks_per_call)
+               for i, topic in enumerate(topics) for t in b.types]
+    fmt = response_format("task_list", TASK_LIST_SCHEMA) if cfg.teacher.structured_output else None
+    reqs = [Request.chat(p.text, temperature=b.temperature, top_p=b.top_p, max_tokens=b.max_tokens,
+                         seed=request_seed(cfg.run.seed, p.id), response_format=fmt, tag=p.id) for p in prompts]
+    replies = teacher.map(reqs, desc="01 brainstorm")
+
+    rows, rejects, seen = [], [], set()
+    duplicates = 0
+    for p, r in zip(prompts, replies):
+        parsed = parse_task_list(r.content, r.finish_reason) if r.ok else None
+        if parsed is None or not parsed.ok:
+            rejects.append(_reject(p, r.error or parsed.reason, r))
+            continue
+        for j, task in enumerate(parsed.value[: b.keep_per_call]):
+            if (p.task_type, task.lower()) in seen:
+                duplicates += 1
+                continue
+            seen.add((p.task_type, task.lower()))
+            rows.append({"id": f"{p.id}-{j}", "task_type": p.task_type, "task": task, "topic": p.topic,
+                         "source": "teacher", "prompt_id": p.id})
+    for i, topic in enumerate(topics):
+        rows.append({"id": f"s{i:05d}-sts", "task_type": "sts", "task": STS_TASK, "topic": topic,
+                     "source": "fixed", "prompt_id": None})
+    write_jsonl(run.data / "tasks.jsonl", rows)
+    write_jsonl(run.data / "brainstorm_rejects.jsonl", rejects)
+    per_type = Counter(r["task_type"] for r in rows)
+    calls_per_type = Counter(p.task_type for p in prompts)
+    rejected_per_type = Counter(r["task_type"] for r in rejects)
+    return {
+        "topics": len(topics), "calls": len(prompts), "tasks": len(rows),
+        "distinct_tasks": len({(r["task_type"], r["task"].lower(), r["topic"] if r["task_type"] == "sts" else "")
+                               for r in rows}),
+        "tasks_per_type": dict(per_type), "duplicates_dropped": duplicates,
+        "rejected_calls": len(rejects), "reject_reasons": dict(Counter(r["reason"] for r in rejects)),
+        "valid_call_rate_per_type": {t: round(1 - rejected_per_type[t] / n, 3) for t, n in calls_per_type.items()},
+    }
+
+
+# ---------------------------------------------------------------- stage 02
+def seed_prompts(cfg: Config, tasks: Iterable[dict], n: int, purpose: str = "seed") -> list[Prompt]:
+    """Sample ``n`` generation prompts: types by weight, then a task (and topic) per item."""
+    by_type: dict[str, list[dict]] = defaultdict(list)
+    for t in tasks:
+        by_type[t["task_type"]].append(t)
+    weights = {t: w for t, w in cfg.seed.type_weights.items() if by_type.get(t)}
+    if not weights:
+        raise ValueError("tasks.jsonl holds no task of any weighted type; rerun stage 01")
+    counts = allocate(n, weights)
+    kinds = [t for t in TASK_TYPES for _ in range(counts.get(t, 0))]
+    rng_for(cfg.run.seed, f"{purpose}:order", 0).shuffle(kinds)
+    prompts = []
+    for i, kind in enumerate(kinds):
+        pool = by_type[kind]
+        row = pool[rng_for(cfg.run.seed, f"{purpose}:task", i).randrange(len(pool))]
+        prompts.append(generation_prompt(kind, i, cfg.run.seed, task=row["task"], topic=row["topic"],
+                                         purpose=purpose))
+    return prompts
+
+
+def seed_examples(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
+    """Have the teacher write one example per sampled prompt; write ``seed.jsonl`` and ``rejects.jsonl``."""
+    s = cfg.seed
+    prompts = seed_prompts(cfg, read_jsonl(run.data / "tasks.jsonl"), s.n_examples)
+    structured = cfg.teacher.structured_output
+    reqs = [Request.chat(p.text, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                         seed=request_seed(cfg.run.seed, p.id), tag=p.id,
+                         response_format=response_format(p.task_type, json_schema(p.task_type)) if structured else None)
+            for p in prompts]
+    replies = teacher.map(reqs, desc="02 seed")
+
+    rows, rejects = [], []
+    for p, r in zip(prompts, replies):
+        parsed = parse_example(p.task_type, r.content, r.finish_reason) if r.ok else None
+        if parsed is None or not parsed.ok:
+            rejects.append(_reject(p, r.error or parsed.reason, r))
+            continue
+        rows.append({"id": p.id, "task_type": p.task_type, "task": p.task, "topic": p.topic,
+                     "attributes": p.attributes, "prompt": p.text, "output": parsed.value,
+                     "repaired": parsed.repaired, "teacher_key": r.key[:16]})
+    write_jsonl(run.data / "seed.jsonl", rows)
+    write_jsonl(run.data / "rejects.jsonl", rejects)
+    asked = Counter(p.task_type for p in prompts)
+    valid = Counter(r["task_type"] for r in rows)
+    return {
+        "requested": len(prompts), "valid": len(rows), "rejected": len(rejects),
+        "valid_rate": round(len(rows) / max(len(prompts), 1), 3),
+        "per_type": {t: {"requested": asked[t], "valid": valid[t], "valid_rate": round(valid[t] / asked[t], 3)}
+                     for t in TASK_TYPES if asked[t]},
+        "reject_reasons": dict(Counter(r["reason"] for r in rejects)),
+        "repaired": sum(r["repaired"] for r in rows), "structured_output": structured,
+    }
