@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import fnmatch
+import functools
 import hashlib
 import os
 import shutil
@@ -148,6 +149,11 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     """True unless ``HF_HUB_OFFLINE`` is set or huggingface.co cannot be reached."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
+    return _probe_hub(timeout)
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_hub(timeout: float) -> bool:
     try:
         with socket.create_connection(("huggingface.co", 443), timeout=timeout):
             return True

@@ -290,7 +290,8 @@ def _chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
         return [(path, data)]
     if not isinstance(parent, str):
         raise ConfigError(f"{path}: extends: must be a profile name")
-    return _chain(path.parent / f"{parent}.yaml", (*seen, path)) + [(path, data)]
+    sibling = path.parent / f"{parent}.yaml"
+    return _chain(sibling if sibling.exists() else PARAMS_DIR / f"{parent}.yaml", (*seen, path)) + [(path, data)]
 
 
 def _owner(chain: list[tuple[Path, dict]], loc: tuple) -> Path:

@@ -25,6 +25,7 @@ KEYS: dict[str, tuple[str, ...]] = {
 STS_TASK = "Retrieve semantically similar text."  # SPEED Fig. 9: the task attached to STS triples
 
 _FENCE = re.compile(r"```(?:json|python|JSON)?\s*(.*?)```", re.S)
+_ITEM = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])\s+(.+?)\s*$")
 
 
 @dataclass
@@ -126,19 +127,32 @@ def parse_example(task_type: str, text: str | None, finish_reason: str | None = 
     return Parsed({k: p.value[k].strip() for k in KEYS[task_type]}, repaired=p.repaired)
 
 
-def parse_task_list(text: str | None, finish_reason: str | None = None) -> Parsed:
-    """Brainstorm output: a list of task descriptions (strings), cleaned and de-duplicated."""
+def _bullets(text: str) -> list[str]:
+    """Items of a numbered or bulleted list ("1. ...", "- ..."), quotes stripped."""
+    return [m.group(1).strip().strip('",\'') for line in text.splitlines() if (m := _ITEM.match(line))]
+
+
+def parse_task_list(text: str | None, finish_reason: str | None = None, exclude: tuple[str, ...] = ()) -> Parsed:
+    """Brainstorm output: a list of task descriptions (strings), cleaned and de-duplicated.
+
+    A Python/JSON list is expected; a numbered or bulleted list (what small teachers often write
+    instead) is accepted as a repair. Tasks equal to ``exclude`` (the prompt's own examples) are
+    dropped, so a teacher that copies its examples does not inflate the task pool.
+    """
     p = parse_json(text, list)
+    if not p.ok and text and len(items := _bullets(text)) >= 2:
+        p = Parsed(items, repaired=True)
     if not p.ok:
         return Parsed(None, "truncated" if finish_reason == "length" else p.reason)
-    seen, tasks = set(), []
+    seen = {e.lower().rstrip(".") for e in exclude}
+    tasks = []
     for item in p.value:
         if not isinstance(item, str):
             continue
         task = " ".join(item.split()).strip(" -*\u2022")
         words = len(task.split())
-        if 3 <= words <= 40 and task.lower() not in seen:
-            seen.add(task.lower())
+        if 3 <= words <= 40 and task.lower().rstrip(".") not in seen:
+            seen.add(task.lower().rstrip("."))
             tasks.append(task)
     if not tasks:
         return Parsed(None, "no_usable_tasks", p.repaired)

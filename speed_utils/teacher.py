@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .runs import RunPaths, append_jsonl, read_jsonl
 
@@ -230,12 +230,15 @@ class Teacher:
         from openai.types.chat import ChatCompletion
 
         client = self._client_once()
-        last = ""
+        last, malformed = "", False
         for attempt in range(1, self.s.max_retries + 2):
             t0 = time.monotonic()
             wait = self.s.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random())
             try:
                 resp = client.chat.completions.create(**req.body(self.s.model))
+                if isinstance(resp, ChatCompletion):
+                    return _reply(resp, key=key, attempts=attempt, latency_s=time.monotonic() - t0, tag=req.tag)
+                last, malformed = "malformed response body (not JSON)", True  # openai 3.x returns a str
             except openai.RateLimitError as e:
                 last = f"429 rate limited: {e.message}"
                 wait = _retry_after(e) or wait
@@ -251,27 +254,12 @@ class Teacher:
             except openai.APIStatusError as e:  # 400, 404, 422...: this request is bad, not the endpoint
                 return Reply(key=key, content=None, error=f"http {e.status_code}: {e.message}"[:300],
                              attempts=attempt, latency_s=time.monotonic() - t0, tag=req.tag)
-            else:
-                latency = time.monotonic() - t0
-                if not isinstance(resp, ChatCompletion):  # openai 3.x returns str for a non-JSON body
-                    last = "malformed response body (not JSON)"
-                    if attempt > self.s.max_retries:
-                        return Reply(key=key, content=None, error=last, attempts=attempt,
-                                     latency_s=latency, tag=req.tag)
-                    time.sleep(wait)
-                    continue
-                usage = resp.usage
-                common = dict(key=key, attempts=attempt, latency_s=latency, tag=req.tag,
-                              prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                              completion_tokens=getattr(usage, "completion_tokens", 0) or 0)
-                if not resp.choices:
-                    return Reply(content=None, error="empty choice list", **common)
-                choice = resp.choices[0]
-                if choice.message is None or choice.message.content is None:
-                    return Reply(content=None, error="choice without content", **common)
-                return Reply(content=choice.message.content, finish_reason=choice.finish_reason, **common)
+            except (ValueError, openai.APIResponseValidationError) as e:  # a 200 whose JSON is broken
+                last, malformed = f"malformed response body ({type(e).__name__})", True
             if attempt <= self.s.max_retries:
                 time.sleep(min(wait, 60.0))
+        if malformed:  # the endpoint answers, but not with a completion: reject this request only
+            return Reply(key=key, content=None, error=last, attempts=self.s.max_retries + 1, tag=req.tag)
         err = TeacherUnavailable(
             f"{self.describe} did not answer after {self.s.max_retries + 1} attempts (last: {last}). "
             f"Replies so far are cached in {self.run.teacher_cache}; rerun when the endpoint is back.")
@@ -328,6 +316,19 @@ class Teacher:
 
     def close(self) -> None:
         self._client = None
+
+
+def _reply(resp, **common) -> Reply:
+    """A :class:`Reply` from a parsed ``ChatCompletion``; no choice or no content is a reject."""
+    usage = resp.usage
+    common.update(prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                  completion_tokens=getattr(usage, "completion_tokens", 0) or 0)
+    if not resp.choices:
+        return Reply(content=None, error="empty choice list", **common)
+    choice = resp.choices[0]
+    if choice.message is None or choice.message.content is None:
+        return Reply(content=None, error="choice without content", **common)
+    return Reply(content=choice.message.content, finish_reason=choice.finish_reason, **common)
 
 
 def _retry_after(e) -> float | None:

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from typing import Iterable
 
 from .config import TASK_TYPES, Config, resolve_path
-from .prompts import Prompt, allocate, brainstorm_prompt, generation_prompt, rng_for, sample_topics
+from .prompts import Prompt, allocate, brainstorm_prompt, generation_prompt, rng_for, sample_topics, templates
 from .runs import RunPaths, read_jsonl, write_jsonl
 from .schema import STS_TASK, TASK_LIST_SCHEMA, json_schema, parse_example, parse_task_list, response_format
 from .teacher import Reply, Request, Teacher
@@ -51,7 +51,8 @@ def brainstorm_tasks(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
     rows, rejects, seen = [], [], set()
     duplicates = 0
     for p, r in zip(prompts, replies):
-        parsed = parse_task_list(r.content, r.finish_reason) if r.ok else None
+        examples = tuple(templates()["brainstorm"][p.task_type]["examples"])
+        parsed = parse_task_list(r.content, r.finish_reason, exclude=examples) if r.ok else None
         if parsed is None or not parsed.ok:
             rejects.append(_reject(p, r.error or parsed.reason, r))
             continue

@@ -1,0 +1,42 @@
+# speed-repro: `make run` (the cpu profile, end to end) and `make test` work on a fresh machine.
+PYTHON  ?= $(shell command -v python3.11 || command -v python3)
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PROFILE ?= cpu
+PIP     := $(BIN)/python -m pip --disable-pip-version-check -q
+# The machine's pip config prints harmless "Location ... is ignored" lines; keep the log readable.
+QUIET   := 2>&1 | grep -v "is ignored" || true
+
+.PHONY: setup run smoke test test-fast validate clean-venv
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements.txt $(QUIET)
+	$(PIP) install --no-deps -e . $(QUIET)
+	$(BIN)/python -c "import torch, speed_utils; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(BIN)/python -m ipykernel install --sys-prefix --name speed-repro --display-name "speed-repro (Python 3)" >/dev/null
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## run the default profile end to end (stages that exist so far); PROFILE=smoke for a quick look
+run: setup
+	$(BIN)/speed-repro run --profile $(PROFILE)
+
+smoke: setup
+	$(BIN)/speed-repro run --profile smoke
+
+## the whole test suite (unit tests, real llama.cpp server, real papermill runs on the smoke profile)
+test: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+
+## only the fast tests (no model, no server, no papermill)
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+validate: setup
+	$(BIN)/speed-repro validate
+
+clean-venv:
+	rm -rf $(VENV)

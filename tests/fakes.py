@@ -1,0 +1,79 @@
+"""A scripted OpenAI-compatible server on loopback, for injecting faults (never for real work).
+
+Each request pops the next scripted step; when the script is empty, ``default`` answers.
+Steps: ``("status", code, headers)``, ``("raw", body)``, ``("ok", content, finish_reason)``,
+``("json", dict)``, ``("sleep", seconds, step)``.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def completion(content: str, finish_reason: str = "stop", prompt_tokens: int = 11, completion_tokens: int = 7) -> dict:
+    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": "fake",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": finish_reason}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+
+
+class FakeTeacher:
+    def __init__(self, default=None):
+        self.script: list = []
+        self.default = default or (lambda body: ("ok", '{"answer": "fine"}', "stop"))
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                with fake._lock:
+                    fake.requests.append(body)
+                    fake.headers.append(dict(self.headers))
+                    step = fake.script.pop(0) if fake.script else fake.default(body)
+                self._answer(step)
+
+            def _answer(self, step):
+                kind = step[0]
+                if kind == "sleep":
+                    time.sleep(step[1])
+                    return self._answer(step[2])
+                if kind == "status":
+                    payload = json.dumps({"error": {"message": f"scripted {step[1]}", "type": "fake"}}).encode()
+                    self.send_response(step[1])
+                    for k, v in (step[2] if len(step) > 2 else {}).items():
+                        self.send_header(k, v)
+                else:
+                    ctype = "application/json"
+                    if kind == "raw":
+                        payload, ctype = step[1].encode(), step[2] if len(step) > 2 else "text/html"
+                    elif kind == "json":
+                        payload = json.dumps(step[1]).encode()
+                    else:
+                        payload = json.dumps(completion(step[1], step[2] if len(step) > 2 else "stop")).encode()
+                    self.send_response(200)
+                    self.send_header("content-type", ctype)
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()

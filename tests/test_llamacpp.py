@@ -1,0 +1,42 @@
+"""The openai path against a real llama.cpp server on loopback (SmolLM2-135M from PyPI wheels)."""
+import time
+
+import psutil
+import pytest
+
+from speed_utils import assets
+from speed_utils.schema import json_schema, parse_json, response_format
+from speed_utils.teacher import LlamaServer, Request
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gguf():
+    return assets.gguf_path("smollm2-135m-instruct", online=False)
+
+
+def test_real_server_chat_completions_with_usage(gguf, run_paths, make_teacher):
+    with LlamaServer(gguf, run_paths.logs / "server.log", n_ctx=1024, n_parallel=2) as srv:
+        pid = srv.proc.pid
+        t = make_teacher(srv.base_url, key="local-no-key", timeout_s=120)
+        replies = t.map([Request.chat(f"Name one colour. ({i})", max_tokens=12, seed=i) for i in range(4)])
+        assert all(r.ok and r.content and r.prompt_tokens > 0 and 0 < r.completion_tokens <= 12 for r in replies)
+        assert t.summary()["calls"] == 4
+        # JSON-schema constrained decoding (structured_output) yields schema-valid STS triples
+        fmt = response_format("sts", json_schema("sts"))
+        r = t.complete(Request.chat("Write a sentence triple about cats as JSON with keys S1, S2, S3.",
+                                    max_tokens=200, seed=1, response_format=fmt))
+        obj = parse_json(r.content).value
+        assert r.ok and r.finish_reason == "stop" and sorted(obj) == ["S1", "S2", "S3"], r.content
+        assert all(isinstance(v, str) for v in obj.values())
+    time.sleep(0.2)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert "listening" in (run_paths.logs / "server.log").read_text()
+
+
+def test_server_that_cannot_load_says_so(tmp_path, run_paths):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(Exception, match="llama.cpp server exited"):
+        LlamaServer(bad, run_paths.logs / "bad.log", startup_timeout_s=60).start()

@@ -1,0 +1,147 @@
+"""The papermill runner on the smoke profile: real notebooks, real kernels, a real llama.cpp teacher."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+import yaml
+
+from speed_utils import pipeline
+from speed_utils.runs import read_jsonl
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(*args, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "speed_utils.pipeline", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def fresh_calls(run: Path, stage: str | None = None) -> list[dict]:
+    return [r for r in read_jsonl(run / "ledger.jsonl") if not r["cache_hit"] and (stage is None or r["stage"] == stage)]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    proc = cli("run", "--profile", "smoke", "--runs-dir", str(runs), "--run-id", "s1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return runs, runs / "s1", proc
+
+
+def test_smoke_run_writes_every_stage(smoke_run):
+    runs, run, proc = smoke_run
+    for n, stage in pipeline.STAGES.items():
+        marker = json.loads((run / "stages" / f"{n:02d}.done.json").read_text())
+        assert marker["config_hash"] and marker["versions"]["torch"].startswith("2.13.0")
+        assert (run / "notebooks" / stage.notebook).exists()
+        for rel in stage.outputs:
+            assert (run / rel).exists()
+    tasks = list(read_jsonl(run / "data" / "tasks.jsonl"))
+    assert {t["task_type"] for t in tasks} >= {"sts"} and len(tasks) >= 2
+    seed, rejects = list(read_jsonl(run / "data/seed.jsonl")), list(read_jsonl(run / "data/rejects.jsonl"))
+    assert len(seed) + len(rejects) == 8  # smoke asks for 8; every one is either kept or rejected
+    metrics = json.loads((run / "stages/02.done.json").read_text())["metrics"]
+    assert metrics["valid"] == len(seed) and metrics["structured_output"] is True
+    assert metrics["teacher"]["calls"] == 8 == len(fresh_calls(run, "02_seed"))
+    assert "stage 02 seed: done" in proc.stdout
+
+
+def test_rerun_skips_every_stage_and_calls_no_teacher(smoke_run):
+    runs, run, _ = smoke_run
+    before = (run / "ledger.jsonl").read_bytes()
+    proc = cli("run", "--profile", "smoke", "--runs-dir", str(runs), "--run-id", "s1")
+    assert proc.returncode == 0
+    assert proc.stdout.count("skipped (up to date") == len(pipeline.STAGES)
+    assert (run / "ledger.jsonl").read_bytes() == before
+
+
+def test_changed_output_reruns_its_stage_from_cache(smoke_run):
+    runs, run, _ = smoke_run
+    calls = len(fresh_calls(run))
+    (run / "data/seed.jsonl").write_text("")  # damage an output
+    proc = cli("run", "--profile", "smoke", "--runs-dir", str(runs), "--run-id", "s1", "--from", "2")
+    assert proc.returncode == 0 and "output data/seed.jsonl was modified" in proc.stdout
+    assert len(fresh_calls(run)) == calls  # rebuilt from the teacher cache alone
+    assert len(list(read_jsonl(run / "data/seed.jsonl"))) == json.loads((run / "stages/02.done.json").read_text())["metrics"]["valid"]
+
+
+def test_failing_stage_names_stage_cell_error_and_notebook(tmp_path):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    nb = nbformat.read(REPO / "notebooks" / "00_environment.ipynb", as_version=4)
+    nb.cells.insert(3, nbformat.v4.new_code_cell("raise ValueError('planted failure 4711')"))
+    nbformat.write(nb, nbs / "00_environment.ipynb")
+    lines = []
+    rc = pipeline.run("smoke", run_id="broken", until=0, notebooks_dir=nbs, runs_dir=tmp_path / "runs",
+                      log=lines.append)
+    text = "\n".join(lines)
+    assert rc == 1
+    assert "stage 00 environment: FAILED in cell" in text and "ValueError: planted failure 4711" in text
+    executed = tmp_path / "runs" / "broken" / "notebooks" / "00_environment.ipynb"
+    assert str(executed) in text and "planted failure 4711" in executed.read_text()
+    assert not (tmp_path / "runs" / "broken" / "stages" / "00.done.json").exists()
+
+
+def test_invalid_params_fail_before_a_run_folder_exists(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"extends": "smoke", "seed": {"n_examples": "many"}}))
+    proc = cli("run", "--profile", str(bad), "--runs-dir", str(tmp_path / "runs"))
+    assert proc.returncode == 2
+    assert f"{bad}: seed.n_examples" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def _no_partial_lines(run: Path) -> None:
+    for f in run.rglob("*.jsonl"):
+        data = f.read_bytes()
+        assert not data or data.endswith(b"\n"), f"{f} ends in a partial line"
+        for line in data.splitlines():
+            json.loads(line)
+
+
+def test_killed_mid_stage_02_resumes_without_repeats_or_losses(tmp_path):
+    """SIGKILL the whole runner (runner, kernel, llama.cpp server) mid-stage 02, then rerun."""
+    profile = tmp_path / "kill.yaml"
+    profile.write_text(yaml.safe_dump({"extends": "smoke", "seed": {"n_examples": 14}}))
+    runs = tmp_path / "runs"
+    run = runs / "k"
+    base = ["run", "--profile", str(profile), "--runs-dir", str(runs), "--run-id", "k"]
+    assert cli(*base, "--until", "1").returncode == 0
+
+    proc = subprocess.Popen([sys.executable, "-m", "speed_utils.pipeline", *base, "--from", "2"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(fresh_calls(run, "02_seed")) < 4:
+        assert proc.poll() is None and time.monotonic() < deadline, "stage 02 ended before the kill"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(run) in " ".join(p.info["cmdline"] or [])
+                and "llama_server" in " ".join(p.info["cmdline"] or [])], "llama.cpp server outlived the kill"
+    assert not (run / "stages/02.done.json").exists()
+    _no_partial_lines(run)
+    done_before = len(fresh_calls(run, "02_seed"))
+
+    assert cli(*base, "--from", "2").returncode == 0
+    calls = fresh_calls(run, "02_seed")
+    keys = [c["key"] for c in calls]
+    assert len(keys) == len(set(keys)) == 14, "a teacher request was repeated or lost"
+    assert done_before < 14
+    ids = [r["id"] for r in read_jsonl(run / "data/seed.jsonl")] + [r["id"] for r in read_jsonl(run / "data/rejects.jsonl")]
+    assert len(ids) == len(set(ids)) == 14
+    _no_partial_lines(run)
+
+    seed_bytes = (run / "data/seed.jsonl").read_bytes()
+    assert cli(*base, "--from", "2", "--force").returncode == 0
+    assert len(fresh_calls(run, "02_seed")) == 14  # forced rerun: all from cache
+    assert (run / "data/seed.jsonl").read_bytes() == seed_bytes

@@ -1,0 +1,122 @@
+"""The teacher client against a scripted loopback server: retries, rejects, clear errors, budget, cache."""
+import json
+import time
+
+import pytest
+
+from fakes import FakeTeacher, completion
+from speed_utils.config import load_profile
+from speed_utils.runs import read_jsonl
+from speed_utils.teacher import BudgetExceeded, Request, TeacherUnavailable, free_port, ledger_usage
+from speed_utils.teacher_data import seed_examples
+
+VALID_STS = json.dumps({"S1": "a cat sleeps", "S2": "a cat is asleep", "S3": "a dog barks"})
+
+
+def req(i: int) -> Request:
+    return Request.chat(f"prompt {i}", max_tokens=50, seed=i, tag=f"r{i}")
+
+
+def test_429_then_success_honours_retry_after(make_teacher):
+    with FakeTeacher() as fake:
+        fake.script = [("status", 429, {"Retry-After": "0.3"}), ("status", 429, {}), ("ok", "hello")]
+        t = make_teacher(fake.base_url)
+        t0 = time.monotonic()
+        reply = t.complete(req(0))
+        assert reply.ok and reply.content == "hello" and reply.attempts == 3
+        assert time.monotonic() - t0 >= 0.3  # waited as the server asked
+        assert len(fake.requests) == 3
+
+
+def test_5xx_and_timeouts_are_retried(make_teacher):
+    with FakeTeacher() as fake:
+        fake.script = [("status", 503), ("sleep", 1.5, ("ok", "late")), ("status", 500), ("ok", "finally")]
+        t = make_teacher(fake.base_url, timeout_s=0.5, max_retries=3)
+        reply = t.complete(req(0))
+        assert reply.content == "finally" and reply.attempts == 4
+
+
+def test_dead_endpoint_gives_clear_error_after_bounded_retries(make_teacher):
+    port = free_port()  # nothing listens here
+    t = make_teacher(f"http://127.0.0.1:{port}/v1", max_retries=2)
+    t0 = time.monotonic()
+    with pytest.raises(TeacherUnavailable) as e:
+        t.map([req(i) for i in range(4)])
+    assert "did not answer after 3 attempts" in str(e.value) and "connection failed" in str(e.value)
+    assert time.monotonic() - t0 < 10
+    rows = list(read_jsonl(t.run.ledger))
+    assert len(rows) == 0  # nothing answered, nothing logged as a reply
+
+
+@pytest.mark.parametrize("ctype", ["text/html", "application/json"])
+def test_non_json_body_is_retried_then_rejected(make_teacher, ctype):
+    with FakeTeacher(default=lambda b: ("raw", "<html>gateway hiccup</html>", ctype)) as fake:
+        t = make_teacher(fake.base_url, max_retries=2)
+        reply = t.complete(req(0))
+        assert not reply.ok and "malformed response body" in reply.error and len(fake.requests) == 3
+        assert len(t.cache) == 0  # a broken body is not cached: a later rerun may get a real answer
+
+
+def test_non_json_body_then_success(make_teacher):
+    with FakeTeacher() as fake:
+        fake.script = [("raw", "oops"), ("ok", "good")]
+        assert make_teacher(fake.base_url).complete(req(0)).content == "good"
+
+
+def test_empty_choices_is_a_reject_not_a_crash(make_teacher):
+    with FakeTeacher(default=lambda b: ("json", {"id": "x", "object": "chat.completion", "created": 0,
+                                                 "model": "m", "choices": []})) as fake:
+        reply = make_teacher(fake.base_url).complete(req(0))
+        assert not reply.ok and reply.error == "empty choice list"
+
+
+def test_cache_makes_a_rerun_free(make_teacher):
+    with FakeTeacher(default=lambda b: ("ok", f"answer to {b['messages'][-1]['content']}")) as fake:
+        t = make_teacher(fake.base_url)
+        first = t.map([req(i) for i in range(5)])
+        t2 = make_teacher(fake.base_url)  # a new process would reload the cache from disk
+        second = t2.map([req(i) for i in range(5)])
+        assert [r.content for r in first] == [r.content for r in second]
+        assert len(fake.requests) == 5 and all(r.cached for r in second)
+        assert ledger_usage(t.run.ledger).calls == 5
+
+
+def test_budget_guard_stops_and_keeps_work(make_teacher):
+    with FakeTeacher() as fake:
+        t = make_teacher(fake.base_url, max_calls=3, max_concurrency=1)
+        with pytest.raises(BudgetExceeded, match=r"teacher.max_calls=3"):
+            t.map([req(i) for i in range(6)])
+        assert len(fake.requests) == 3 and len(t.cache) == 3
+        # raising the budget resumes without repeating the three calls
+        t2 = make_teacher(fake.base_url, max_calls=10)
+        t2.map([req(i) for i in range(6)])
+        assert len(fake.requests) == 6
+
+
+def test_malformed_teacher_json_becomes_counted_reject(smoke_cfg, run_paths, make_teacher):
+    """Seed stage on scripted replies: broken JSON, truncation and wrong schema are counted rejects."""
+    from speed_utils.runs import write_jsonl
+    write_jsonl(run_paths.data / "tasks.jsonl", [
+        {"id": "s0", "task_type": "sts", "task": "Retrieve semantically similar text.", "topic": "Arts/Movies"}])
+    cfg = smoke_cfg.model_copy(update={"seed": smoke_cfg.seed.model_copy(update={"n_examples": 4})})
+    replies = iter([("ok", VALID_STS), ("ok", "{\"S1\": \"a\", \"S2\": "), ("ok", VALID_STS, "length"),
+                    ("ok", json.dumps({"sentence": "wrong keys"}))])
+    with FakeTeacher(default=lambda b: next(replies)) as fake:
+        t = make_teacher(fake.base_url, max_concurrency=1)
+        metrics = seed_examples(cfg, run_paths, t)
+    assert metrics["valid"] == 1 and metrics["rejected"] == 3
+    reasons = sorted(r["reason"] for r in read_jsonl(run_paths.data / "rejects.jsonl"))
+    assert reasons == ["empty:S2", "missing:S1", "truncated"]
+    assert metrics["reject_reasons"] == {"empty:S2": 1, "missing:S1": 1, "truncated": 1}
+    assert [r["output"] for r in read_jsonl(run_paths.data / "seed.jsonl")] == [json.loads(VALID_STS)]
+
+
+def test_api_key_is_sent_but_never_stored(monkeypatch, run_paths, make_teacher):
+    canary = "sk-canary-" + "7" * 24
+    with FakeTeacher() as fake:
+        t = make_teacher(fake.base_url, key=canary)
+        t.map([req(i) for i in range(3)])
+        assert fake.headers[0]["authorization"] == f"Bearer {canary}"
+    for f in run_paths.root.rglob("*"):
+        if f.is_file():
+            assert canary not in f.read_text(errors="ignore"), f
