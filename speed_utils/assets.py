@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import fnmatch
 import functools
-import hashlib
 import os
 import shutil
 import socket
@@ -27,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from platformdirs import user_cache_dir
+
+from .runs import sha256_path as sha256_file
 
 
 @dataclass(frozen=True)
@@ -161,14 +162,6 @@ def _probe_hub(timeout: float) -> bool:
         return False
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 @contextlib.contextmanager
 def _locked(path: Path):
     """An exclusive lock, so two processes never assemble the same model at once."""
@@ -259,7 +252,7 @@ def _offline(name: str, which: str) -> Path:
     out = cache_dir() / name / ("model.gguf" if which == "gguf" else "folder")
     ok = out.with_name(out.name + ".sha256-ok")
     with _locked(out):
-        if out.exists() and ok.exists():
+        if out.exists() and ok.exists() and ok.read_text().strip() == ws.sha256:
             return out
         if out.exists():  # present but never verified: check it before trusting it
             _verify(out, ws)

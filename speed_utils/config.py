@@ -21,6 +21,8 @@ PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
 TASK_TYPES = ("retrieval", "classification", "sts", "short_short", "long_long")
 BRAINSTORM_TYPES = ("retrieval", "classification", "short_short", "long_long")  # STS is topic-only
 TaskType = Literal["retrieval", "classification", "sts", "short_short", "long_long"]
+# SPEED §4.1: classification : STS : retrieval : text matching = 7 : 7 : 7 : 2 (matching split in two)
+PAPER_MIX = {"classification": 7.0, "sts": 7.0, "retrieval": 7.0, "short_short": 1.0, "long_long": 1.0}
 
 
 def resolve_path(p: str | Path) -> Path:
@@ -110,8 +112,7 @@ class SeedCfg(Strict):
     """Stage 02: teacher-written seed data for the junior (SPEED §3.2.2)."""
 
     n_examples: PositiveInt
-    type_weights: dict[TaskType, float] = {"classification": 7, "sts": 7, "retrieval": 7,
-                                           "short_short": 1, "long_long": 1}
+    type_weights: dict[TaskType, float] = PAPER_MIX
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: PositiveInt = 800
@@ -171,8 +172,7 @@ class SynthesisCfg(Strict):
     """Stage 06: senior generates, revisor revises once, MinHash dedup (SPEED §3.3)."""
 
     n_examples: PositiveInt
-    type_weights: dict[TaskType, float] = {"classification": 7, "sts": 7, "retrieval": 7,
-                                           "short_short": 1, "long_long": 1}
+    type_weights: dict[TaskType, float] = PAPER_MIX
     minhash_threshold: float = Field(0.8, gt=0, le=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)

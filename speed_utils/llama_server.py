@@ -6,6 +6,7 @@ Started by :class:`speed_utils.teacher.LlamaServer`; not meant to be run by hand
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 
@@ -17,6 +18,7 @@ def main() -> None:
     ap.add_argument("--n-ctx", type=int, default=8192, help="total context, shared by the slots")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     a = ap.parse_args()
 
     import xllamacpp
@@ -35,7 +37,10 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    while not stop.wait(0.5):
+        if a.parent_pid and os.getppid() != a.parent_pid:  # reparented: whoever started us is gone
+            print("speed_utils.llama_server: parent exited, stopping", flush=True)
+            break
     del server
 
 

@@ -17,8 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .assets import AssetError
 from .config import Config, ConfigError, list_profiles, load_profile, profile_path
-from .runs import REPO_ROOT, RunPaths, atomic_write_json, atomic_write_text, sha256_path, update_manifest, versions
+from .runs import (REPO_ROOT, RunPaths, atomic_write_json, atomic_write_text, read_manifest, sha256_path,
+                   update_manifest, versions)
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 KERNEL_NAME = "speed-repro"  # pinned; registered in the venv by `make setup` or on first run
@@ -54,6 +56,9 @@ PRODUCER = {out: s.number for s in STAGES.values() for out in s.outputs}
 
 class StageError(RuntimeError):
     """A stage cannot start or finish; the message names the file or key at fault."""
+
+
+from .teacher import TeacherError  # noqa: E402  (after StageError: teacher imports nothing from here)
 
 
 # ---------------------------------------------------------------- markers
@@ -104,8 +109,7 @@ class StageContext:
         if not path.exists():
             raise StageError(f"stage {self.stage.number:02d} needs {path}, which stage {maker:02d} writes; "
                              f"run it first (speed-repro run --from {maker})")
-        manifest = json.loads(self.run.manifest.read_text()) if self.run.manifest.exists() else {"files": {}}
-        pinned = manifest["files"].get(rel, {}).get("sha256")
+        pinned = read_manifest(self.run)["files"].get(rel, {}).get("sha256")
         if pinned and pinned != sha256_path(path):
             raise StageError(f"{path} does not match its checksum in {self.run.manifest}: it was modified "
                              f"or damaged after stage {maker:02d} wrote it; rerun that stage with --force")
@@ -186,13 +190,15 @@ def run(profile: str, run_id: str | None = None, start: int = 0, until: int | No
         log(f"{label}: running ({why if not force else 'forced'})")
         out_nb = run_paths.notebooks / files[n].name
         t0 = time.monotonic()
+        logs = run_paths.logs / files[n].stem
         try:
-            papermill.execute_notebook(
-                str(files[n]), str(out_nb), kernel_name=KERNEL_NAME, cwd=str(notebooks_dir),
-                parameters={"run_dir": str(run_paths.root), "profile": str(prof)},
-                log_output=True, progress_bar=False,
-                stdout_file=open(run_paths.logs / f"{files[n].stem}.stdout.log", "w"),
-                stderr_file=open(run_paths.logs / f"{files[n].stem}.stderr.log", "w"))
+            with open(f"{logs}.stdout.log", "a") as out, open(f"{logs}.stderr.log", "a") as err:
+                for f in (out, err):
+                    f.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} stage {n:02d} ====\n")
+                papermill.execute_notebook(
+                    str(files[n]), str(out_nb), kernel_name=KERNEL_NAME, cwd=str(notebooks_dir),
+                    parameters={"run_dir": str(run_paths.root), "profile": str(prof)},
+                    log_output=True, progress_bar=False, stdout_file=out, stderr_file=err)
         except PapermillExecutionError as e:
             log(f"{label}: FAILED in cell {e.cell_index} (execution count {e.exec_count})\n"
                 f"  {e.ename}: {e.evalue}\n  executed notebook: {out_nb}\n"
@@ -267,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (StageError, AssetError, TeacherError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def _models(action: str, names: list[str]) -> int:

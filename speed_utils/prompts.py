@@ -152,8 +152,11 @@ def generation_prompt(task_type: str, index: int, seed: int, task: str | None = 
     extra = tuple(spec["optional"]) if attrs.get("difficulty") else ()
     values = {**attrs, "task": task, "topic": topic_phrase(topic) if topic else None}
     text = _render(spec, rng, values, extra)
-    return Prompt(id=f"{purpose[0]}{index:05d}-{task_type}", kind="generate", task_type=task_type,
+    return Prompt(id=f"{_ID_PREFIX.get(purpose, purpose)}{index:05d}-{task_type}", kind="generate", task_type=task_type,
                   text=text, task=STS_TASK if task_type == "sts" else task, topic=topic, attributes=attrs)
+
+
+_ID_PREFIX = {"seed": "s"}  # other purposes (e.g. "senior", "synthesis") use their full name
 
 
 def judge_prompt(prompt_text: str, outputs: list[str]) -> str:

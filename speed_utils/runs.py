@@ -7,6 +7,7 @@ readers drop such a cut tail (and :func:`append_jsonl` repairs it before appendi
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -56,39 +57,52 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
 _append_lock = threading.Lock()
 
 
-def _drop_cut_tail(path: Path) -> None:
-    """Truncate a last line that has no newline (a write cut by a kill)."""
-    with open(path, "rb+") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        if size == 0:
+def _mend_tail(f) -> None:
+    """Make an open JSONL file end on a line boundary before appending.
+
+    A last line without its newline is either complete JSON (the newline was lost: add it, so
+    the row that readers already saw is kept) or a write cut by a kill (truncate it).
+    """
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    if size == 0:
+        return
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+        return
+    back = min(size, 1 << 20)
+    while True:
+        f.seek(size - back)
+        chunk = f.read(back)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0 or back == size:
+            start = size - back + cut + 1 if cut >= 0 else 0
+            f.seek(start)
+            try:
+                json.loads(f.read())
+                f.seek(0, os.SEEK_END)
+                f.write(b"\n")
+            except ValueError:
+                f.truncate(start)
             return
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        back = min(size, 1 << 20)
-        while True:
-            f.seek(size - back)
-            chunk = f.read(back)
-            cut = chunk.rfind(b"\n")
-            if cut >= 0 or back == size:
-                f.truncate(size - back + cut + 1 if cut >= 0 else 0)
-                return
-            back = min(size, back * 2)
+        back = min(size, back * 2)
 
 
 def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    """Append complete lines, fsynced, under a process-wide lock (threads share files)."""
+    """Append complete lines, fsynced, under a thread lock and an exclusive file lock."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
-    with _append_lock:
-        if path.exists():
-            _drop_cut_tail(path)
-        with open(path, "a", encoding="utf-8") as f:
+    payload = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
+    with _append_lock, open(path, "ab+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # another process (a notebook run by hand) may append too
+        try:
+            _mend_tail(f)
+            f.seek(0, os.SEEK_END)
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def read_jsonl(path: Path) -> Iterator[dict]:
@@ -97,7 +111,7 @@ def read_jsonl(path: Path) -> Iterator[dict]:
     if not path.exists():
         return
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             if not line.endswith("\n"):
                 try:
                     yield json.loads(line)
@@ -105,7 +119,11 @@ def read_jsonl(path: Path) -> Iterator[dict]:
                     pass  # a write cut by a kill; append_jsonl will drop it
                 return
             if line.strip():
-                yield json.loads(line)
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}, line {number}: damaged JSONL row ({e.msg}); "
+                                     "restore the file or rerun the stage that wrote it") from None
 
 
 def count_lines(path: Path) -> int:
@@ -186,9 +204,13 @@ def file_summary(path: Path) -> dict:
     return info
 
 
+def read_manifest(run: RunPaths) -> dict:
+    return json.loads(run.manifest.read_text()) if run.manifest.exists() else {"files": {}}
+
+
 def update_manifest(run: RunPaths, stage: int, outputs: Iterable[Path]) -> dict:
     """Record the stage's outputs in ``manifest.json`` (atomic replace)."""
-    manifest = json.loads(run.manifest.read_text()) if run.manifest.exists() else {"files": {}}
+    manifest = read_manifest(run)
     for p in outputs:
         rel = str(Path(p).resolve().relative_to(run.root.resolve()))
         manifest["files"][rel] = {"stage": stage, **file_summary(p)}

@@ -17,12 +17,10 @@ loopback for offline profiles.
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -151,6 +149,10 @@ class TeacherSettings:
     max_calls: int | None = None
     max_tokens: int | None = None
 
+    @classmethod
+    def from_cfg(cls, tc) -> "TeacherSettings":
+        return cls(**{f: getattr(tc, f) for f in cls.__dataclass_fields__})
+
 
 ClientFactory = Callable[[], object]  # returns an ``openai.OpenAI``; called on the first real call
 
@@ -172,6 +174,7 @@ class Teacher:
         self.session = Usage()  # this object's own calls
         self.cache_hits = 0
         self._stop: TeacherError | None = None
+        self._connect_error: TeacherError | None = None
 
     # -- one request --------------------------------------------------------------------
     def complete(self, req: Request) -> Reply:
@@ -221,8 +224,15 @@ class Teacher:
 
     def _client_once(self):
         with self._lock:
+            if self._connect_error:
+                raise self._connect_error
             if self._client is None:
-                self._client = self._connect()
+                try:
+                    self._client = self._connect()
+                except Exception as e:  # e.g. the server cannot load: fail once, not per request
+                    self._connect_error = e if isinstance(e, TeacherError) else TeacherError(
+                        f"{self.describe}: could not connect: {type(e).__name__}: {e}")
+                    raise self._connect_error from None
             return self._client
 
     def _call(self, req: Request, key: str) -> Reply:
@@ -230,9 +240,9 @@ class Teacher:
         from openai.types.chat import ChatCompletion
 
         client = self._client_once()
-        last, malformed = "", False
+        last = ""
         for attempt in range(1, self.s.max_retries + 2):
-            t0 = time.monotonic()
+            t0, malformed = time.monotonic(), False
             wait = self.s.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random())
             try:
                 resp = client.chat.completions.create(**req.body(self.s.model))
@@ -248,18 +258,26 @@ class Teacher:
                 last = f"timed out after {self.s.timeout_s:.0f}s"
             except openai.APIConnectionError as e:
                 last = f"connection failed: {e.__cause__ or e}"
-            except openai.AuthenticationError as e:
-                raise TeacherError(f"{self.describe}: authentication refused ({e.status_code}); check the "
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                raise TeacherError(f"{self.describe}: access refused ({e.status_code}: {e.message}); check the "
                                    "API key's environment variable (teacher.api_key_env)") from None
-            except openai.APIStatusError as e:  # 400, 404, 422...: this request is bad, not the endpoint
-                return Reply(key=key, content=None, error=f"http {e.status_code}: {e.message}"[:300],
-                             attempts=attempt, latency_s=time.monotonic() - t0, tag=req.tag)
+            except openai.NotFoundError as e:  # a wrong base_url or model name fails every request
+                raise TeacherError(f"{self.describe}: 404 not found ({e.message}); check teacher.base_url "
+                                   "and teacher.model") from None
+            except openai.APIStatusError as e:
+                if e.status_code in (408, 409):  # request timeout / conflict: transient
+                    last = f"{e.status_code}: {e.message}"
+                else:  # 400, 413, 422...: this request is bad, not the endpoint: a counted reject
+                    return Reply(key=key, content=None, error=f"http {e.status_code}: {e.message}"[:300],
+                                 attempts=attempt, latency_s=time.monotonic() - t0, tag=req.tag)
             except (ValueError, openai.APIResponseValidationError) as e:  # a 200 whose JSON is broken
                 last, malformed = f"malformed response body ({type(e).__name__})", True
             if attempt <= self.s.max_retries:
                 time.sleep(min(wait, 60.0))
         if malformed:  # the endpoint answers, but not with a completion: reject this request only
             return Reply(key=key, content=None, error=last, attempts=self.s.max_retries + 1, tag=req.tag)
+        self._log(Reply(key=key, content=None, error=f"unavailable: {last}", attempts=self.s.max_retries + 1,
+                        tag=req.tag))
         err = TeacherUnavailable(
             f"{self.describe} did not answer after {self.s.max_retries + 1} attempts (last: {last}). "
             f"Replies so far are cached in {self.run.teacher_cache}; rerun when the endpoint is back.")
@@ -292,7 +310,7 @@ class Teacher:
                 i = futures[fut]
                 try:
                     out[i] = fut.result()
-                except TeacherError:
+                except Exception:  # recorded in self._stop by _guarded; queued requests now bail out
                     continue
                 bar.update(1)
                 rate = (self.session.completion_tokens - tokens0) / max(time.monotonic() - t0, 1e-6)
@@ -306,7 +324,15 @@ class Teacher:
     def _guarded(self, req: Request) -> Reply:
         if self._stop:
             raise self._stop
-        return self.complete(req)
+        try:
+            return self.complete(req)
+        except Exception as e:
+            with self._lock:
+                if self._stop is None:
+                    self._stop = e if isinstance(e, TeacherError) else TeacherError(
+                        f"{self.describe}: stopped by {type(e).__name__}: {e}")
+                    self._stop.__cause__ = None if isinstance(e, TeacherError) else e
+            raise
 
     def summary(self) -> dict:
         """This stage's teacher use, for its done marker (the cost notebook reads the ledger)."""
@@ -361,19 +387,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 @dataclass
 class LlamaServer:
     """A real llama.cpp server (the ``xllamacpp`` wheel) on loopback, in a child process.
 
-    The child dies with its parent (``PR_SET_PDEATHSIG``), so a killed kernel leaves no server.
-    Its request log goes to ``log_path``.
+    The child watches the pid of the process that started it and exits when that process is
+    gone, so a killed kernel leaves no server behind. Its request log goes to ``log_path``.
     """
 
     gguf: Path
@@ -395,9 +414,9 @@ class LlamaServer:
         log = open(self.log_path, "ab")
         cmd = [sys.executable, "-m", "speed_utils.llama_server", "--model", str(self.gguf),
                "--port", str(self.port), "--n-ctx", str(self.n_ctx * self.n_parallel),
-               "--parallel", str(self.n_parallel), "--threads", str(self.threads)]
+               "--parallel", str(self.n_parallel), "--threads", str(self.threads),
+               "--parent-pid", str(os.getpid())]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent,
                                      env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
         log.close()
         deadline = time.monotonic() + self.startup_timeout_s
@@ -444,9 +463,7 @@ class open_teacher:
 
         tc = cfg.teacher
         self.server: LlamaServer | None = None
-        settings = TeacherSettings(model=tc.model, max_concurrency=tc.max_concurrency,
-                                   max_retries=tc.max_retries, timeout_s=tc.timeout_s,
-                                   backoff_s=tc.backoff_s, max_calls=tc.max_calls, max_tokens=tc.max_tokens)
+        settings = TeacherSettings.from_cfg(tc)
         if tc.backend == "llamacpp":
             def connect():
                 gguf = assets.gguf_path(tc.model, online=cfg.use_hub())

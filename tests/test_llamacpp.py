@@ -40,3 +40,15 @@ def test_server_that_cannot_load_says_so(tmp_path, run_paths):
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(Exception, match="llama.cpp server exited"):
         LlamaServer(bad, run_paths.logs / "bad.log", startup_timeout_s=60).start()
+
+
+def test_open_teacher_server_survives_between_batches(smoke_cfg, run_paths):
+    """The lazily started server (started from a worker thread) serves a second map() too."""
+    from speed_utils.teacher import open_teacher
+
+    with open_teacher(smoke_cfg, run_paths, "test") as t:
+        first = t.map([Request.chat(f"Say a number. ({i})", max_tokens=8, seed=i) for i in range(2)])
+        time.sleep(1.0)
+        second = t.map([Request.chat(f"Say a word. ({i})", max_tokens=8, seed=i) for i in range(2)])
+        assert all(r.ok and not r.cached for r in first + second)
+    assert (run_paths.logs / "llama-server.log").exists()

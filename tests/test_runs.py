@@ -1,6 +1,8 @@
 """Atomic writes and append-only JSONL survive a write cut at any byte."""
 import json
 
+import pytest
+
 from speed_utils.runs import append_jsonl, atomic_write_json, read_jsonl, sha256_path, update_manifest, write_jsonl
 
 
@@ -8,13 +10,27 @@ def test_cut_tail_is_skipped_then_repaired(tmp_path):
     p = tmp_path / "x.jsonl"
     append_jsonl(p, [{"i": 0}, {"i": 1}])
     full = p.read_bytes()
-    for cut in range(len(full) - 1, len(full) // 2, -1):  # every cut inside the second line
+    for cut in range(len(full) - 2, len(full) // 2, -1):  # every cut inside the second line
         p.write_bytes(full[:cut])
-        rows = list(read_jsonl(p))
-        assert rows in ([{"i": 0}], [{"i": 0}, {"i": 1}])
+        assert list(read_jsonl(p)) == [{"i": 0}]
         append_jsonl(p, [{"i": 2}])
-        assert [r["i"] for r in read_jsonl(p)][-1] == 2
+        assert [r["i"] for r in read_jsonl(p)] == [0, 2]
         assert all(line.endswith(b"}") for line in p.read_bytes().splitlines())
+
+
+def test_complete_last_line_without_newline_is_kept(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"i": 0}\n{"i": 1}')  # the newline was lost, the row was not
+    assert [r["i"] for r in read_jsonl(p)] == [0, 1]
+    append_jsonl(p, [{"i": 2}])
+    assert [r["i"] for r in read_jsonl(p)] == [0, 1, 2]
+
+
+def test_damaged_middle_row_names_file_and_line(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"i": 0}\n{"i": \n{"i": 2}\n')
+    with pytest.raises(ValueError, match=r"x.jsonl, line 2: damaged JSONL row"):
+        list(read_jsonl(p))
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):

@@ -7,7 +7,8 @@ import pytest
 from fakes import FakeTeacher, completion
 from speed_utils.config import load_profile
 from speed_utils.runs import read_jsonl
-from speed_utils.teacher import BudgetExceeded, Request, TeacherUnavailable, free_port, ledger_usage
+from speed_utils.teacher import (BudgetExceeded, Request, Teacher, TeacherError, TeacherSettings, TeacherUnavailable,
+                                 free_port, ledger_usage)
 from speed_utils.teacher_data import seed_examples
 
 VALID_STS = json.dumps({"S1": "a cat sleeps", "S2": "a cat is asleep", "S3": "a dog barks"})
@@ -45,7 +46,44 @@ def test_dead_endpoint_gives_clear_error_after_bounded_retries(make_teacher):
     assert "did not answer after 3 attempts" in str(e.value) and "connection failed" in str(e.value)
     assert time.monotonic() - t0 < 10
     rows = list(read_jsonl(t.run.ledger))
-    assert len(rows) == 0  # nothing answered, nothing logged as a reply
+    assert 1 <= len(rows) <= 2  # only the requests in flight were tried; the queued ones never went out
+    assert all(r["status"] == "error" and r["error"].startswith("unavailable: connection failed") for r in rows)
+
+
+@pytest.mark.parametrize("code,match", [(401, "access refused"), (403, "access refused"), (404, "404 not found")])
+def test_endpoint_level_errors_stop_the_run(make_teacher, code, match):
+    with FakeTeacher(default=lambda b: ("status", code)) as fake:
+        t = make_teacher(fake.base_url, max_concurrency=1)
+        with pytest.raises(TeacherError, match=match):
+            t.map([req(i) for i in range(5)])
+        assert len(fake.requests) == 1  # no retries, and the rest of the batch is not sent
+
+
+def test_bad_request_is_a_reject_and_408_is_retried(make_teacher):
+    with FakeTeacher() as fake:
+        fake.script = [("status", 400), ("status", 408), ("ok", "fine")]
+        t = make_teacher(fake.base_url, max_concurrency=1)
+        first, second = t.map([req(0), req(1)])
+        assert not first.ok and first.error.startswith("http 400") and second.content == "fine"
+
+
+def test_failed_connect_is_reported_once_not_per_request(run_paths):
+    attempts = []
+
+    def connect():
+        attempts.append(1)
+        raise OSError("server binary missing")
+    t = Teacher(TeacherSettings(model="m", max_concurrency=2), run_paths, "test", connect)
+    with pytest.raises(TeacherError, match="could not connect: OSError: server binary missing"):
+        t.map([req(i) for i in range(6)])
+    assert len(attempts) == 1
+
+
+def test_html_then_refused_is_unavailable_not_a_reject(make_teacher):
+    with FakeTeacher() as fake:
+        fake.script = [("raw", "<html>"), ("status", 503), ("status", 503)]
+        with pytest.raises(TeacherUnavailable):
+            make_teacher(fake.base_url, max_retries=2).complete(req(0))
 
 
 @pytest.mark.parametrize("ctype", ["text/html", "application/json"])
