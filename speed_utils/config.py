@@ -131,18 +131,25 @@ class LoraCfg(Strict):
     target_modules: tuple[str, ...] | Literal["all-linear"] = "all-linear"
 
 
-class JuniorCfg(Strict):
-    """Stage 03: SFT of the junior generator (SPEED App. B: lr 1e-4, batch 16)."""
+class TrainCfg(Strict):
+    """Shared by the three generator trainings: LoRA everywhere, QLoRA only on CUDA."""
 
-    lr: PositiveFloat = 1e-4
-    batch_size: PositiveInt = 16
+    lr: PositiveFloat
+    batch_size: PositiveInt
     epochs: PositiveFloat = 1.0
-    max_length: PositiveInt = 1024
     qlora: bool = False
     lora: LoraCfg = LoraCfg()
 
 
-class SeniorCfg(Strict):
+class JuniorCfg(TrainCfg):
+    """Stage 03: SFT of the junior generator (SPEED App. B: lr 1e-4, batch 16)."""
+
+    lr: PositiveFloat = 1e-4
+    batch_size: PositiveInt = 16
+    max_length: PositiveInt = 1024
+
+
+class SeniorCfg(TrainCfg):
     """Stage 04: DPO from teacher best/worst picks (SPEED §3.2.3; β 0.1, lr 1e-5, batch 16)."""
 
     n_prompts: PositiveInt
@@ -152,20 +159,14 @@ class SeniorCfg(Strict):
     beta: PositiveFloat = 0.1
     lr: PositiveFloat = 1e-5
     batch_size: PositiveInt = 16
-    epochs: PositiveFloat = 1.0
-    qlora: bool = False
-    lora: LoraCfg = LoraCfg()
 
 
-class RevisorCfg(Strict):
+class RevisorCfg(TrainCfg):
     """Stage 05: SFT of the revisor from the base model (SPEED §3.2.4; lr 5e-6, batch 24)."""
 
     n_examples: PositiveInt
     lr: PositiveFloat = 5e-6
     batch_size: PositiveInt = 24
-    epochs: PositiveFloat = 1.0
-    qlora: bool = False
-    lora: LoraCfg = LoraCfg()
 
 
 class SynthesisCfg(Strict):

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .config import TASK_TYPES, Config, resolve_path
 from .prompts import Prompt, allocate, brainstorm_prompt, generation_prompt, rng_for, sample_topics, templates
 from .runs import RunPaths, read_jsonl, write_jsonl
-from .schema import STS_TASK, TASK_LIST_SCHEMA, json_schema, parse_example, parse_task_list, response_format
+from .schema import STS_TASK, TASK_LIST_SCHEMA, Parsed, json_schema, parse_example, parse_task_list, response_format
 from .teacher import Reply, Request, Teacher
 
 RAW_KEEP = 4000  # characters of a rejected reply kept for inspection
@@ -31,6 +31,24 @@ def _reject(p: Prompt, reason: str, reply: Reply) -> dict:
             "finish_reason": reply.finish_reason, "raw": (reply.content or "")[:RAW_KEEP]}
 
 
+def ask_teacher(teacher: Teacher, prompts: list[Prompt], sampling, run_seed: int, desc: str,
+                parse: Callable[[Prompt, Reply], Parsed], schema: Callable[[Prompt], str | None] = lambda p: None,
+                ) -> tuple[list[tuple[Prompt, Reply, Parsed]], list[dict]]:
+    """Send one request per prompt (``sampling`` has temperature, top_p, max_tokens), parse each
+    reply, and split the results into kept ``(prompt, reply, parsed)`` and reject rows."""
+    reqs = [Request.chat(p.text, temperature=sampling.temperature, top_p=sampling.top_p,
+                         max_tokens=sampling.max_tokens, seed=request_seed(run_seed, p.id),
+                         response_format=schema(p), tag=p.id) for p in prompts]
+    kept, rejects = [], []
+    for p, r in zip(prompts, teacher.map(reqs, desc=desc)):
+        parsed = parse(p, r) if r.ok else None
+        if parsed is None or not parsed.ok:
+            rejects.append(_reject(p, r.error or parsed.reason, r))
+        else:
+            kept.append((p, r, parsed))
+    return kept, rejects
+
+
 # ---------------------------------------------------------------- stage 01
 def brainstorm_tasks(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
     """Brainstorm tasks for each (topic, type); write ``tasks.jsonl`` and the rejects.
@@ -44,18 +62,12 @@ def brainstorm_tasks(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
     prompts = [brainstorm_prompt(t, topic, i, cfg.run.seed, b.tasks_per_call)
                for i, topic in enumerate(topics) for t in b.types]
     fmt = response_format("task_list", TASK_LIST_SCHEMA) if cfg.teacher.structured_output else None
-    reqs = [Request.chat(p.text, temperature=b.temperature, top_p=b.top_p, max_tokens=b.max_tokens,
-                         seed=request_seed(cfg.run.seed, p.id), response_format=fmt, tag=p.id) for p in prompts]
-    replies = teacher.map(reqs, desc="01 brainstorm")
-
-    rows, rejects, seen = [], [], set()
-    duplicates = 0
-    for p, r in zip(prompts, replies):
-        examples = tuple(templates()["brainstorm"][p.task_type]["examples"])
-        parsed = parse_task_list(r.content, r.finish_reason, exclude=examples) if r.ok else None
-        if parsed is None or not parsed.ok:
-            rejects.append(_reject(p, r.error or parsed.reason, r))
-            continue
+    kept, rejects = ask_teacher(
+        teacher, prompts, b, cfg.run.seed, "01 brainstorm", schema=lambda p: fmt,
+        parse=lambda p, r: parse_task_list(r.content, r.finish_reason,
+                                           exclude=tuple(templates()["brainstorm"][p.task_type]["examples"])))
+    rows, seen, duplicates = [], set(), 0
+    for p, _, parsed in kept:
         for j, task in enumerate(parsed.value[: b.keep_per_call]):
             if (p.task_type, task.lower()) in seen:
                 duplicates += 1
@@ -107,18 +119,12 @@ def seed_examples(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
     s = cfg.seed
     prompts = seed_prompts(cfg, read_jsonl(run.data / "tasks.jsonl"), s.n_examples)
     structured = cfg.teacher.structured_output
-    reqs = [Request.chat(p.text, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                         seed=request_seed(cfg.run.seed, p.id), tag=p.id,
-                         response_format=response_format(p.task_type, json_schema(p.task_type)) if structured else None)
-            for p in prompts]
-    replies = teacher.map(reqs, desc="02 seed")
-
-    rows, rejects = [], []
-    for p, r in zip(prompts, replies):
-        parsed = parse_example(p.task_type, r.content, r.finish_reason) if r.ok else None
-        if parsed is None or not parsed.ok:
-            rejects.append(_reject(p, r.error or parsed.reason, r))
-            continue
+    kept, rejects = ask_teacher(
+        teacher, prompts, s, cfg.run.seed, "02 seed",
+        parse=lambda p, r: parse_example(p.task_type, r.content, r.finish_reason),
+        schema=lambda p: response_format(p.task_type, json_schema(p.task_type)) if structured else None)
+    rows = []
+    for p, r, parsed in kept:
         rows.append({"id": p.id, "task_type": p.task_type, "task": p.task, "topic": p.topic,
                      "attributes": p.attributes, "prompt": p.text, "output": parsed.value,
                      "repaired": parsed.repaired, "teacher_key": r.key[:16]})
