@@ -5,8 +5,11 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROFILE ?= cpu
 PIP     := $(BIN)/python -m pip --disable-pip-version-check -q
-# The machine's pip config prints harmless "Location ... is ignored" lines; keep the log readable.
-QUIET   := 2>&1 | grep -v "is ignored" || true
+# The machine's pip config prints harmless "Location ... is ignored" lines; keep the log readable
+# (pipefail keeps pip's own exit status).
+SHELL   := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+QUIET   := 2>&1 | { grep -v "is ignored" || true; }
 
 .PHONY: setup run smoke test test-fast validate clean-venv
 
