@@ -297,8 +297,9 @@ class Teacher:
     def map(self, reqs: Sequence[Request], desc: str = "teacher") -> list[Reply]:
         """Run requests with bounded concurrency; results in input order.
 
-        Raises :class:`TeacherUnavailable` or :class:`BudgetExceeded` after in-flight requests
-        finish; everything answered until then is cached, so a rerun resumes for free.
+        The first :class:`TeacherError` (endpoint unavailable, budget spent, access refused,
+        no connection) stops the batch: requests not yet sent are dropped, in-flight ones finish,
+        then it is raised. Everything answered until then is cached, so a rerun resumes for free.
         """
         out: list[Reply | None] = [None] * len(reqs)
         t0, tokens0 = time.monotonic(), self.session.completion_tokens
@@ -328,10 +329,11 @@ class Teacher:
             return self.complete(req)
         except Exception as e:
             with self._lock:
-                if self._stop is None:
-                    self._stop = e if isinstance(e, TeacherError) else TeacherError(
-                        f"{self.describe}: stopped by {type(e).__name__}: {e}")
-                    self._stop.__cause__ = None if isinstance(e, TeacherError) else e
+                if self._stop is None and isinstance(e, TeacherError):
+                    self._stop = e
+                elif self._stop is None:  # e.g. a full disk while caching: stop, and say why
+                    self._stop = TeacherError(f"{self.describe}: stopped by {type(e).__name__}: {e}")
+                    self._stop.__cause__ = e
             raise
 
     def summary(self) -> dict:

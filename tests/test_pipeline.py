@@ -20,9 +20,12 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 
 
+CANARY = "sk-canary-" + "5" * 30  # an API key in the environment must never reach any output
+
+
 def cli(*args, timeout=900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "speed_utils.pipeline", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+                          timeout=timeout, cwd=REPO, env={**os.environ, "OPENAI_API_KEY": CANARY})
 
 
 def fresh_calls(run: Path, stage: str | None = None) -> list[dict]:
@@ -53,6 +56,14 @@ def test_smoke_run_writes_every_stage(smoke_run):
     assert metrics["valid"] == len(seed) and metrics["structured_output"] is True
     assert metrics["teacher"]["calls"] == 8 == len(fresh_calls(run, "02_seed"))
     assert "stage 02 seed: done" in proc.stdout
+
+
+def test_api_key_in_environment_reaches_no_output(smoke_run):
+    runs, run, proc = smoke_run
+    assert CANARY not in proc.stdout + proc.stderr
+    for f in run.rglob("*"):
+        if f.is_file():
+            assert CANARY not in f.read_text(errors="ignore"), f
 
 
 def test_rerun_skips_every_stage_and_calls_no_teacher(smoke_run):

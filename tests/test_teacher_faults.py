@@ -79,6 +79,17 @@ def test_failed_connect_is_reported_once_not_per_request(run_paths):
     assert len(attempts) == 1
 
 
+def test_missing_api_key_names_the_variable(smoke_cfg, run_paths, monkeypatch):
+    from speed_utils.teacher import open_teacher
+
+    monkeypatch.delenv("SPEED_TEST_KEY", raising=False)
+    tc = smoke_cfg.teacher.model_copy(update={"backend": "openai", "base_url": "http://127.0.0.1:9/v1",
+                                              "api_key_env": "SPEED_TEST_KEY"})
+    with open_teacher(smoke_cfg.model_copy(update={"teacher": tc}), run_paths, "test") as t:
+        with pytest.raises(TeacherError, match=r"\$SPEED_TEST_KEY .* not set"):
+            t.map([req(i) for i in range(3)])
+
+
 def test_html_then_refused_is_unavailable_not_a_reject(make_teacher):
     with FakeTeacher() as fake:
         fake.script = [("raw", "<html>"), ("status", 503), ("status", 503)]
