@@ -1,0 +1,118 @@
+"""Local generation from a base model plus an optional LoRA adapter (SPEED §3.2–3.3).
+
+The junior samples candidate lists for DPO, the senior writes data at scale, and the revisor
+rewrites it. On the CPU this is batched ``transformers.generate`` with left padding; where vLLM
+is installed and CUDA is present, vLLM serves the same requests with the adapter as a LoRA
+request. Both take the same :class:`GenRequest` objects and return texts in the same order.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One prompt, sampled ``n`` times. The prompt is one user turn of the model's chat template."""
+
+    prompt: str
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 800
+    seed: int = 0
+
+
+def backend_name() -> str:
+    """"vllm" where vLLM and CUDA are both available, else "transformers"."""
+    if importlib.util.find_spec("vllm"):
+        import torch
+
+        if torch.cuda.is_available():
+            return "vllm"
+    return "transformers"
+
+
+class Generator:
+    """A causal LM (plus adapter) that turns prompts into sampled completions, in batches."""
+
+    def __init__(self, model_id: str, adapter: str | None = None, batch_size: int = 8, backend: str | None = None):
+        self.model_id, self.adapter, self.batch_size = model_id, adapter, batch_size
+        self.backend = backend or backend_name()
+        self.tokens_out = 0
+        if self.backend == "vllm":  # pragma: no cover - needs a GPU
+            from vllm import LLM
+
+            self.llm = LLM(model=model_id, enable_lora=adapter is not None, max_lora_rank=64)
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(model_id, padding_side="left")
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()  # faster sampling, same outputs
+        self.model = model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
+
+    def chat_text(self, prompt: str) -> str:
+        return self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                            add_generation_prompt=True)
+
+    def generate(self, reqs: Sequence[GenRequest], desc: str = "generate") -> list[list[str]]:
+        """``n`` completions per request, in request order."""
+        if self.backend == "vllm":  # pragma: no cover - needs a GPU
+            return self._generate_vllm(reqs)
+        out: list[list[str]] = [[] for _ in reqs]
+        # one row per (request, sample); rows that share sampling settings share a batch
+        rows = [(i, k) for i, r in enumerate(reqs) for k in range(r.n)]
+        rows.sort(key=lambda ik: (reqs[ik[0]].temperature, reqs[ik[0]].top_p, reqs[ik[0]].max_new_tokens))
+        bar = tqdm(total=len(rows), desc=desc, unit="seq", mininterval=2.0, file=sys.stderr)
+        t0 = time.monotonic()
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start:start + self.batch_size]
+            texts = self._batch([reqs[i] for i, _ in chunk], [k for _, k in chunk])
+            for (i, k), text in zip(chunk, texts):
+                out[i].append((k, text))
+            bar.update(len(chunk))
+            bar.set_postfix(tok_s=f"{self.tokens_out / max(time.monotonic() - t0, 1e-6):.1f}", refresh=False)
+        bar.close()
+        return [[t for _, t in sorted(samples)] for samples in out]
+
+    def _batch(self, reqs: list[GenRequest], sample_ids: list[int]) -> list[str]:
+        import torch
+
+        first = reqs[0]
+        enc = self.tok([self.chat_text(r.prompt) for r in reqs], return_tensors="pt", padding=True,
+                       add_special_tokens=False).to(self.model.device)
+        # a seed per batch from its first row: the same requests in the same order give the same texts
+        torch.manual_seed(first.seed * 1000003 + sample_ids[0])
+        sampling = first.temperature > 0
+        with torch.no_grad():
+            ids = self.model.generate(**enc, max_new_tokens=max(r.max_new_tokens for r in reqs), do_sample=sampling,
+                                      temperature=first.temperature if sampling else None,
+                                      top_p=first.top_p if sampling else None, top_k=0 if sampling else None,
+                                      pad_token_id=self.tok.pad_token_id)
+        new = ids[:, enc["input_ids"].shape[1]:]
+        self.tokens_out += int((new != self.tok.pad_token_id).sum())
+        return self.tok.batch_decode(new, skip_special_tokens=True)
+
+    def _generate_vllm(self, reqs: Sequence[GenRequest]) -> list[list[str]]:  # pragma: no cover - needs a GPU
+        from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
+
+        lora = LoRARequest("adapter", 1, self.adapter) if self.adapter else None
+        params = [SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_new_tokens,
+                                 seed=r.seed) for r in reqs]
+        msgs = [[{"role": "user", "content": r.prompt}] for r in reqs]
+        results = self.llm.chat(msgs, params, lora_request=lora)
+        return [[o.text for o in res.outputs] for res in results]

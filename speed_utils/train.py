@@ -1,0 +1,164 @@
+"""Generator training on trl and peft: junior SFT, senior DPO, revisor SFT (SPEED §3.2).
+
+LoRA everywhere. QLoRA (nf4, double quantization, bf16 compute) only where CUDA and
+bitsandbytes are both present: on the CPU, bitsandbytes' 4-bit path gives silently wrong LoRA
+gradients after any no-grad forward (toolchain.md §c), so a profile's ``qlora: true`` falls back
+to plain LoRA there, and the result records which path ran. trl turns bf16 and gradient
+checkpointing on by default; both are set explicitly here.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .config import LoraCfg, TrainCfg
+
+log = logging.getLogger(__name__)
+MICRO_BATCH_CPU = 4  # per-device batch on the CPU; the rest of the batch is gradient accumulation
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def quant_config(want_qlora: bool):
+    """A 4-bit nf4 config when QLoRA is asked for and possible, else None (plain LoRA)."""
+    if not (want_qlora and cuda_available() and importlib.util.find_spec("bitsandbytes")):
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def lora_config(c: LoraCfg, task_type: str = "CAUSAL_LM"):
+    """LoRA on all projections (the released SPEED revisor: r16, alpha 32, dropout 0.1)."""
+    from peft import LoraConfig
+
+    targets = c.target_modules if c.target_modules == "all-linear" else list(c.target_modules)
+    return LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout, target_modules=targets,
+                      task_type=task_type, bias="none")
+
+
+def batch_plan(batch_size: int, devices: int = 1, micro: int | None = None) -> tuple[int, int]:
+    """(per-device batch, gradient accumulation) so that their product times devices >= batch_size."""
+    micro = min(batch_size, micro or (batch_size if cuda_available() else MICRO_BATCH_CPU))
+    return micro, max(1, math.ceil(batch_size / (micro * devices)))
+
+
+@dataclass
+class TrainResult:
+    """What a training run reports: kept in done markers and plotted in the notebooks."""
+
+    adapter: str
+    path: str  # "lora" or "qlora": which one actually ran
+    steps: int
+    seconds: float
+    trainable_params: int
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def trainer_args(tc: TrainCfg, out_dir: Path, seed: int, qlora: bool, **extra) -> dict:
+    """Arguments shared by SFTConfig and DPOConfig, with bf16/checkpointing set explicitly."""
+    on_gpu = cuda_available()
+    micro, accum = batch_plan(tc.batch_size)
+    return dict(output_dir=str(out_dir), learning_rate=tc.lr, per_device_train_batch_size=micro,
+                gradient_accumulation_steps=accum, num_train_epochs=tc.epochs, seed=seed,
+                bf16=on_gpu, fp16=False, gradient_checkpointing=on_gpu, use_cpu=not on_gpu,
+                optim="paged_adamw_32bit" if qlora else "adamw_torch", lr_scheduler_type="linear",
+                warmup_steps=0.03, logging_steps=1, save_strategy="no", report_to="none",
+                dataloader_num_workers=0, **extra)
+
+
+def load_causal_lm(model_id: str, qlora: bool):
+    """The base model (fp32 on the CPU, bf16 on GPU; 4-bit when QLoRA runs) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    q = quant_config(qlora)
+    kw = {"quantization_config": q, "device_map": {"": 0}} if q else {}
+    dtype = torch.bfloat16 if cuda_available() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype, **kw)
+    tok = AutoTokenizer.from_pretrained(model_id)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if q is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    return model, tok, q is not None
+
+
+def _losses(trainer, key: str = "loss") -> list[tuple[int, float]]:
+    return [(h["step"], float(h[key])) for h in trainer.state.log_history if key in h and "step" in h]
+
+
+def _finish(trainer, out_dir: Path, used_qlora: bool, t0: float, **extra) -> TrainResult:
+    trainer.model.save_pretrained(str(out_dir), selected_adapters=["default"])  # not DPO's frozen "ref" copy
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    return TrainResult(adapter=str(out_dir), path="qlora" if used_qlora else "lora",
+                       steps=trainer.state.global_step, seconds=round(time.monotonic() - t0, 1),
+                       trainable_params=trainable, losses=_losses(trainer), extra=extra)
+
+
+def sft(model_id: str, rows: Sequence[dict], out_dir: Path, tc: TrainCfg, max_length: int, seed: int = 0,
+        callbacks: list | None = None) -> TrainResult:
+    """SFT with the loss on the completion only (SPEED Eq. 1 for the junior, Eq. 3 for the revisor).
+
+    ``rows`` hold ``prompt`` and ``completion`` strings; they are trained as one user turn and one
+    assistant turn, so trl masks the prompt tokens out of the loss.
+    """
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    t0 = time.monotonic()
+    model, tok, used_qlora = load_causal_lm(model_id, tc.qlora)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
+                               "completion": [{"role": "assistant", "content": r["completion"]}]} for r in rows])
+    args = SFTConfig(**trainer_args(tc, out_dir, seed, used_qlora), max_length=max_length,
+                     completion_only_loss=True, packing=False)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
+                         peft_config=lora_config(tc.lora), callbacks=callbacks)
+    trainer.train()
+    return _finish(trainer, out_dir, used_qlora, t0, examples=len(rows))
+
+
+def dpo(model_id: str, junior_adapter: str | Path, pairs: Sequence[dict], out_dir: Path, tc, max_length: int,
+        seed: int = 0, callbacks: list | None = None) -> TrainResult:
+    """DPO from the junior (SPEED Eq. 2): the junior's adapter keeps training into the senior,
+    and trl freezes a copy of it (adapter "ref") as the reference model, so the reference is
+    exactly the junior, with no second copy of the base weights and no merge.
+
+    ``pairs`` hold ``prompt``, ``chosen`` and ``rejected`` strings; ``tc`` is a ``SeniorCfg``.
+    """
+    from datasets import Dataset
+    from peft import PeftModel
+    from trl import DPOConfig, DPOTrainer
+
+    t0 = time.monotonic()
+    base, tok, used_qlora = load_causal_lm(model_id, tc.qlora)
+    model = PeftModel.from_pretrained(base, str(junior_adapter), is_trainable=True)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}],
+                               "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                               "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
+    args = DPOConfig(**trainer_args(tc, out_dir, seed, used_qlora), beta=tc.beta, max_length=max_length)
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data, processing_class=tok,
+                         callbacks=callbacks)
+    trainer.train()
+    hist = trainer.state.log_history
+    margins = [(h["step"], float(h["rewards/margins"])) for h in hist if "rewards/margins" in h]
+    accuracy = [(h["step"], float(h["rewards/accuracies"])) for h in hist if "rewards/accuracies" in h]
+    return _finish(trainer, out_dir, used_qlora, t0, pairs=len(pairs), reference="junior adapter (frozen copy)",
+                   reward_margins=margins, reward_accuracies=accuracy)

@@ -1,0 +1,85 @@
+"""SFT, DPO and the generator on a tiny Llama built from a config (SmolLM2's tokenizer and chat template)."""
+import math
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from speed_utils import assets
+from speed_utils.config import JuniorCfg, LoraCfg, SeniorCfg
+from speed_utils.generate import GenRequest, Generator
+from speed_utils.train import batch_plan, dpo, quant_config, sft
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(assets.hf_folder("smollm2-135m-instruct", online=False))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=512, tie_word_embeddings=True,
+                                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    out = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+class Snapshot(TrainerCallback):
+    """Records every trainable parameter at the start, to check that each one moved."""
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self.before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_train_end(self, args, state, control, model=None, **kw):
+        now = dict(model.named_parameters())
+        self.unchanged = [n for n, p in self.before.items() if torch.equal(p, now[n].detach())]
+
+
+ROWS = [{"prompt": f"Write JSON for item {i}.", "completion": '{"S1": "a cat", "S2": "a kitten", "S3": "a car"}'}
+        for i in range(16)]
+LORA = LoraCfg(r=4, alpha=8, dropout=0.0)
+
+
+def test_sft_trains_every_lora_parameter(tiny_lm, tmp_path):
+    snap = Snapshot()
+    res = sft(tiny_lm, ROWS, tmp_path / "junior", JuniorCfg(lr=5e-3, batch_size=4, epochs=1, lora=LORA),
+              max_length=64, callbacks=[snap])
+    assert res.path == "lora" and res.steps == 4 and res.trainable_params > 0
+    assert all(math.isfinite(loss) for _, loss in res.losses) and res.losses
+    assert snap.before and snap.unchanged == []
+    assert (tmp_path / "junior" / "adapter_config.json").exists()
+
+
+def test_dpo_from_junior_trains_and_reports_margins(tiny_lm, tmp_path):
+    junior = sft(tiny_lm, ROWS, tmp_path / "junior", JuniorCfg(lr=5e-3, batch_size=4, epochs=1, lora=LORA),
+                 max_length=64).adapter
+    pairs = [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": "no json here"} for r in ROWS]
+    snap = Snapshot()
+    res = dpo(tiny_lm, junior, pairs, tmp_path / "senior",
+              SeniorCfg(n_prompts=16, lr=5e-3, batch_size=4, epochs=1, beta=0.1, lora=LORA), max_length=64,
+              callbacks=[snap])
+    assert res.steps == 4 and all(math.isfinite(loss) for _, loss in res.losses)
+    assert res.losses[0][1] == pytest.approx(math.log(2), abs=1e-3)  # policy == reference (the junior) at step 1
+    assert snap.unchanged == [] and not any(".ref." in n for n in snap.before)  # the reference stays frozen
+    assert res.extra["reward_margins"]
+    assert not (tmp_path / "senior" / "ref").exists()
+
+
+def test_generator_is_batched_ordered_and_seeded(tiny_lm, tmp_path):
+    reqs = [GenRequest(f"Say something about {w}.", n=2, max_new_tokens=6, seed=3) for w in ("cats", "tax", "rain")]
+    a = Generator(tiny_lm, batch_size=4).generate(reqs)
+    b = Generator(tiny_lm, batch_size=4).generate(reqs)
+    assert [len(x) for x in a] == [2, 2, 2] and a == b
+    greedy = [GenRequest("Say something.", temperature=0.0, max_new_tokens=6)]
+    one = Generator(tiny_lm, batch_size=1).generate(greedy)
+    assert one == Generator(tiny_lm, batch_size=4).generate(greedy)
+
+
+def test_qlora_is_never_used_without_cuda():
+    assert quant_config(True) is None  # this machine has no GPU: plain LoRA, recorded as "lora"
+    assert batch_plan(16) == (4, 4) and batch_plan(24) == (4, 6)
