@@ -137,6 +137,7 @@ class TrainCfg(Strict):
     lr: PositiveFloat
     batch_size: PositiveInt
     epochs: PositiveFloat = 1.0
+    max_length: PositiveInt = 2048  # tokens of prompt + completion
     qlora: bool = False
     lora: LoraCfg = LoraCfg()
 
@@ -146,7 +147,6 @@ class JuniorCfg(TrainCfg):
 
     lr: PositiveFloat = 1e-4
     batch_size: PositiveInt = 16
-    max_length: PositiveInt = 1024
 
 
 class SeniorCfg(TrainCfg):
@@ -167,6 +167,20 @@ class RevisorCfg(TrainCfg):
     n_examples: PositiveInt
     lr: PositiveFloat = 5e-6
     batch_size: PositiveInt = 24
+
+
+class GenerationCfg(Strict):
+    """Local sampling from the generators (stages 04–06); SPEED samples at 1.0 / 1.0 (App. B)."""
+
+    batch_size: PositiveInt = 8
+    max_new_tokens: PositiveInt = 800  # SPEED's released tryouts
+
+
+class QualityCfg(Strict):
+    """Stage 05's check of the alignment on prompts held out from all training."""
+
+    n_prompts: PositiveInt = 50
+    temperature: float = Field(1.0, ge=0, le=2)
 
 
 class SynthesisCfg(Strict):
@@ -216,6 +230,8 @@ class Config(Strict):
     junior: JuniorCfg = JuniorCfg()
     senior: SeniorCfg
     revisor: RevisorCfg
+    generation: GenerationCfg = GenerationCfg()
+    quality: QualityCfg = QualityCfg()
     synthesis: SynthesisCfg
     embedder: EmbedderCfg = EmbedderCfg()
     evaluate: EvaluateCfg = EvaluateCfg()

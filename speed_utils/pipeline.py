@@ -50,6 +50,15 @@ STAGES: dict[int, Stage] = {s.number: s for s in [
           outputs=("data/tasks.jsonl", "data/brainstorm_rejects.jsonl")),
     Stage(2, "seed", "02_seed_data.ipynb", (*_TEACHER_KEYS, "seed"), inputs=("data/tasks.jsonl",),
           outputs=("data/seed.jsonl", "data/rejects.jsonl")),
+    Stage(3, "junior", "03_junior_sft.ipynb", ("run.seed", "models.generator", "junior"),
+          inputs=("data/seed.jsonl",), outputs=("adapters/junior",)),
+    Stage(4, "senior", "04_senior_dpo.ipynb", (*_TEACHER_KEYS, "models.generator", "senior", "generation"),
+          inputs=("data/tasks.jsonl", "adapters/junior"),
+          outputs=("data/root.jsonl", "data/prefs.jsonl", "data/prefs_rejects.jsonl", "adapters/senior")),
+    Stage(5, "revisor", "05_revisor_sft.ipynb",
+          (*_TEACHER_KEYS, "models.generator", "senior.k_samples", "revisor", "quality", "generation"),
+          inputs=("data/tasks.jsonl", "data/root.jsonl", "adapters/junior", "adapters/senior"),
+          outputs=("data/revisions.jsonl", "data/revision_rejects.jsonl", "adapters/revisor", "data/quality.jsonl")),
 ]}
 PRODUCER = {out: s.number for s in STAGES.values() for out in s.outputs}
 

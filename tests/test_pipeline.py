@@ -52,6 +52,14 @@ def test_smoke_run_writes_every_stage(smoke_run):
     assert {t["task_type"] for t in tasks} >= {"sts"} and len(tasks) >= 2
     seed, rejects = list(read_jsonl(run / "data/seed.jsonl")), list(read_jsonl(run / "data/rejects.jsonl"))
     assert len(seed) + len(rejects) == 8  # smoke asks for 8; every one is either kept or rejected
+    for name in ("junior", "senior", "revisor"):
+        assert (run / "adapters" / name / "adapter_config.json").exists()
+    senior = json.loads((run / "stages/04.done.json").read_text())["metrics"]
+    assert senior["judgements"]["pairs"] + senior["judgements"]["rejected"] == 4 and senior["path"] == "lora"
+    assert len(list(read_jsonl(run / "data/prefs.jsonl"))) == senior["judgements"]["pairs"] >= 1
+    quality = json.loads((run / "stages/05.done.json").read_text())["metrics"]["quality"]
+    assert set(quality["validity"]) == {"junior", "senior", "revised"} and quality["prompts"] == 3
+    assert len(list(read_jsonl(run / "data/quality.jsonl"))) == 3
     metrics = json.loads((run / "stages/02.done.json").read_text())["metrics"]
     assert metrics["valid"] == len(seed) and metrics["structured_output"] is True
     assert metrics["teacher"]["calls"] == 8 == len(fresh_calls(run, "02_seed"))
@@ -128,7 +136,7 @@ def test_killed_mid_stage_02_resumes_without_repeats_or_losses(tmp_path):
     base = ["run", "--profile", str(profile), "--runs-dir", str(runs), "--run-id", "k"]
     assert cli(*base, "--until", "1").returncode == 0
 
-    proc = subprocess.Popen([sys.executable, "-m", "speed_utils.pipeline", *base, "--from", "2"], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "speed_utils.pipeline", *base, "--from", "2", "--until", "2"], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while len(fresh_calls(run, "02_seed")) < 4:
@@ -143,7 +151,7 @@ def test_killed_mid_stage_02_resumes_without_repeats_or_losses(tmp_path):
     _no_partial_lines(run)
     done_before = len(fresh_calls(run, "02_seed"))
 
-    assert cli(*base, "--from", "2").returncode == 0
+    assert cli(*base, "--from", "2", "--until", "2").returncode == 0
     calls = fresh_calls(run, "02_seed")
     keys = [c["key"] for c in calls]
     assert len(keys) == len(set(keys)) == 14, "a teacher request was repeated or lost"
@@ -153,6 +161,6 @@ def test_killed_mid_stage_02_resumes_without_repeats_or_losses(tmp_path):
     _no_partial_lines(run)
 
     seed_bytes = (run / "data/seed.jsonl").read_bytes()
-    assert cli(*base, "--from", "2", "--force").returncode == 0
+    assert cli(*base, "--from", "2", "--until", "2", "--force").returncode == 0
     assert len(fresh_calls(run, "02_seed")) == 14  # forced rerun: all from cache
     assert (run / "data/seed.jsonl").read_bytes() == seed_bytes

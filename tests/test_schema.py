@@ -91,3 +91,11 @@ def test_task_list_numbered_or_bulleted_is_repaired_and_examples_dropped():
     assert p.value == ["Given a manga title, retrieve plot summaries of its story.",
                        "Given a painting, retrieve articles on its style and technique."]
     assert not parse_task_list("1. only one numbered line here").ok
+
+
+def test_wilson_interval():
+    from speed_utils.align import wilson
+
+    lo, hi = wilson(30, 50)
+    assert 0.46 < lo < 0.47 and 0.72 < hi < 0.73  # textbook value for 30/50: [0.462, 0.724]
+    assert wilson(0, 0) == (0.0, 1.0)
