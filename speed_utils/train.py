@@ -70,6 +70,30 @@ class TrainResult:
         return asdict(self)
 
 
+def step_logger():
+    """A callback printing one plain line per logged step (steps, loss, elapsed, ETA).
+
+    In a notebook kernel the Trainer draws an HTML progress bar, which papermill's log and the
+    executed notebook's text do not show; this keeps long trainings visible from the runner.
+    """
+    from transformers import TrainerCallback
+
+    class StepLog(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.monotonic()
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or "loss" not in logs:
+                return
+            el = time.monotonic() - self.t0
+            eta = el / max(state.global_step, 1) * (state.max_steps - state.global_step)
+            extra = "".join(f" {k}={logs[k]:.3f}" for k in ("rewards/margins", "rewards/accuracies") if k in logs)
+            print(f"step {state.global_step}/{state.max_steps} loss={logs['loss']:.4f}{extra} "
+                  f"elapsed={el:.0f}s eta={eta:.0f}s", flush=True)
+
+    return StepLog()
+
+
 def trainer_args(tc: TrainCfg, out_dir: Path, seed: int, qlora: bool, **extra) -> dict:
     """Arguments shared by SFTConfig and DPOConfig, with bf16/checkpointing set explicitly."""
     on_gpu = cuda_available()
@@ -79,7 +103,7 @@ def trainer_args(tc: TrainCfg, out_dir: Path, seed: int, qlora: bool, **extra) -
                 bf16=on_gpu, fp16=False, gradient_checkpointing=on_gpu, use_cpu=not on_gpu,
                 optim="paged_adamw_32bit" if qlora else "adamw_torch", lr_scheduler_type="linear",
                 warmup_steps=0.03, logging_steps=1, save_strategy="no", report_to="none",
-                dataloader_num_workers=0, **extra)
+                dataloader_num_workers=0, disable_tqdm=True, **extra)
 
 
 def load_causal_lm(model_id: str, qlora: bool):
@@ -130,7 +154,7 @@ def sft(model_id: str, rows: Sequence[dict], out_dir: Path, tc: TrainCfg, max_le
     args = SFTConfig(**trainer_args(tc, out_dir, seed, used_qlora), max_length=max_length,
                      completion_only_loss=True, packing=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
-                         peft_config=lora_config(tc.lora), callbacks=callbacks)
+                         peft_config=lora_config(tc.lora), callbacks=[*(callbacks or []), step_logger()])
     trainer.train()
     return _finish(trainer, out_dir, used_qlora, t0, examples=len(rows))
 
@@ -155,7 +179,7 @@ def dpo(model_id: str, junior_adapter: str | Path, pairs: Sequence[dict], out_di
                                "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
     args = DPOConfig(**trainer_args(tc, out_dir, seed, used_qlora), beta=tc.beta, max_length=max_length)
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data, processing_class=tok,
-                         callbacks=callbacks)
+                         callbacks=[*(callbacks or []), step_logger()])
     trainer.train()
     hist = trainer.state.log_history
     margins = [(h["step"], float(h["rewards/margins"])) for h in hist if "rewards/margins" in h]
