@@ -82,11 +82,6 @@ def root_data(cfg: Config, run: RunPaths) -> list[dict]:
     return rows
 
 
-def _as_prompt(row: dict) -> Prompt:
-    return Prompt(id=row["id"], kind="generate", task_type=row["task_type"], text=row["prompt"], task=row["task"],
-                  topic=row["topic"])
-
-
 def judge_root(cfg: Config, run: RunPaths, teacher: Teacher, root: list[dict]) -> dict:
     """The teacher picks best and worst of each list; invalid or tied picks are rejected and counted."""
     fmt = response_format("judgement", judge_schema(cfg.senior.k_samples)) if cfg.teacher.structured_output else None

@@ -73,13 +73,14 @@ class Generator:
         if self.backend == "vllm":  # pragma: no cover - needs a GPU
             return self._generate_vllm(reqs)
         out: list[list[str]] = [[] for _ in reqs]
-        # one row per (request, sample); rows that share sampling settings share a batch
-        rows = [(i, k) for i, r in enumerate(reqs) for k in range(r.n)]
-        rows.sort(key=lambda ik: (reqs[ik[0]].temperature, reqs[ik[0]].top_p, reqs[ik[0]].max_new_tokens))
-        bar = tqdm(total=len(rows), desc=desc, unit="seq", mininterval=2.0, file=sys.stderr)
+        # one row per (request, sample); only rows with the same sampling settings share a batch
+        groups: dict[tuple, list[tuple[int, int]]] = {}
+        for i, r in enumerate(reqs):
+            groups.setdefault((r.temperature, r.top_p, r.max_new_tokens), []).extend((i, k) for k in range(r.n))
+        chunks = [rows[s:s + self.batch_size] for rows in groups.values() for s in range(0, len(rows), self.batch_size)]
+        bar = tqdm(total=sum(map(len, chunks)), desc=desc, unit="seq", mininterval=2.0, file=sys.stderr)
         t0 = time.monotonic()
-        for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start:start + self.batch_size]
+        for chunk in chunks:
             texts = self._batch([reqs[i] for i, _ in chunk], [k for _, k in chunk])
             for (i, k), text in zip(chunk, texts):
                 out[i].append((k, text))
@@ -98,7 +99,7 @@ class Generator:
         torch.manual_seed(first.seed * 1000003 + sample_ids[0])
         sampling = first.temperature > 0
         with torch.no_grad():
-            ids = self.model.generate(**enc, max_new_tokens=max(r.max_new_tokens for r in reqs), do_sample=sampling,
+            ids = self.model.generate(**enc, max_new_tokens=first.max_new_tokens, do_sample=sampling,
                                       temperature=first.temperature if sampling else None,
                                       top_p=first.top_p if sampling else None, top_k=0 if sampling else None,
                                       pad_token_id=self.tok.pad_token_id)

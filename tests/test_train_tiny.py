@@ -83,3 +83,13 @@ def test_generator_is_batched_ordered_and_seeded(tiny_lm, tmp_path):
 def test_qlora_is_never_used_without_cuda():
     assert quant_config(True) is None  # this machine has no GPU: plain LoRA, recorded as "lora"
     assert batch_plan(16) == (4, 4) and batch_plan(24) == (4, 6)
+
+
+def test_mixed_sampling_settings_never_share_a_batch(tiny_lm):
+    gen = Generator(tiny_lm, batch_size=8)
+    seen = []
+    real = gen._batch
+    gen._batch = lambda reqs, ids: seen.append({(r.temperature, r.max_new_tokens) for r in reqs}) or real(reqs, ids)
+    out = gen.generate([GenRequest("a", n=3, temperature=0.0, max_new_tokens=3),
+                        GenRequest("b", n=2, temperature=1.0, max_new_tokens=5)])
+    assert [len(o) for o in out] == [3, 2] and all(len(s) == 1 for s in seen) and len(seen) == 2
