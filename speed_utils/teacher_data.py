@@ -94,12 +94,14 @@ def brainstorm_tasks(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
 
 
 # ---------------------------------------------------------------- stage 02
-def seed_prompts(cfg: Config, tasks: Iterable[dict], n: int, purpose: str = "seed") -> list[Prompt]:
-    """Sample ``n`` generation prompts: types by weight, then a task (and topic) per item."""
+def seed_prompts(cfg: Config, tasks: Iterable[dict], n: int, purpose: str = "seed",
+                 type_weights: dict[str, float] | None = None) -> list[Prompt]:
+    """Sample ``n`` generation prompts: types by weight (default ``seed.type_weights``), then a
+    task (and topic) per item. Each purpose draws from its own seeded RNG streams."""
     by_type: dict[str, list[dict]] = defaultdict(list)
     for t in tasks:
         by_type[t["task_type"]].append(t)
-    weights = {t: w for t, w in cfg.seed.type_weights.items() if by_type.get(t)}
+    weights = {t: w for t, w in (type_weights or cfg.seed.type_weights).items() if by_type.get(t)}
     if not weights:
         raise ValueError("tasks.jsonl holds no task of any weighted type; rerun stage 01")
     counts = allocate(n, weights)

@@ -10,6 +10,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 from speed_utils.config import load_profile  # noqa: E402
 from speed_utils.runs import RunPaths  # noqa: E402
@@ -34,3 +36,47 @@ def make_teacher(run_paths):
                                       "timeout_s": 5.0, "max_concurrency": 2, **kw})
         return Teacher(settings, run_paths, stage, lambda: openai_client(base_url, key, settings.timeout_s))
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """A 2-layer Llama built from a config, with SmolLM2's real tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from speed_utils import assets
+
+    tok = AutoTokenizer.from_pretrained(assets.hf_folder("smollm2-135m-instruct", online=False))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=512, tie_word_embeddings=True,
+                                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    out = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def random_adapter(base: str, out, seed: int = 0) -> str:
+    """A LoRA adapter with random (non-zero) weights, so it visibly changes the base model's output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", init_lora_weights=False))
+    model.save_pretrained(str(out))
+    return str(out)
+
+
+class Snapshot(TrainerCallback):
+    """Records every trainable parameter at the start, to check that each one moved."""
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self.before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_train_end(self, args, state, control, model=None, **kw):
+        now = dict(model.named_parameters())
+        self.unchanged = [n for n, p in self.before.items() if torch.equal(p, now[n].detach())]

@@ -3,41 +3,13 @@ import math
 
 import pytest
 import torch
-from transformers import TrainerCallback
+from conftest import Snapshot
 
-from speed_utils import assets
 from speed_utils.config import JuniorCfg, LoraCfg, SeniorCfg
 from speed_utils.generate import GenRequest, Generator
 from speed_utils.train import batch_plan, dpo, quant_config, sft
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(assets.hf_folder("smollm2-135m-instruct", online=False))
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=512, tie_word_embeddings=True,
-                                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-    out = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
-
-
-class Snapshot(TrainerCallback):
-    """Records every trainable parameter at the start, to check that each one moved."""
-
-    def on_train_begin(self, args, state, control, model=None, **kw):
-        self.before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    def on_train_end(self, args, state, control, model=None, **kw):
-        now = dict(model.named_parameters())
-        self.unchanged = [n for n, p in self.before.items() if torch.equal(p, now[n].detach())]
 
 
 ROWS = [{"prompt": f"Write JSON for item {i}.", "completion": '{"S1": "a cat", "S2": "a kitten", "S3": "a car"}'}

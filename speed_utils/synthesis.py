@@ -1,0 +1,259 @@
+"""Stage 06: large-scale synthesis. The senior writes, the revisor revises once, MinHash dedup (SPEED §3.3).
+
+The work is cut into **chunks** of ``synthesis.chunk_size`` prompts. A chunk is generated whole
+(senior, then revisor) and written as one file with an atomic rename, so a process killed at any
+moment loses at most the chunk in flight and never leaves a partial or duplicated row. A rerun
+skips the chunk files that exist. ``--shard i/n`` makes the chunks whose number is ``i`` modulo
+``n``; because a chunk's prompts, batches and seeds do not depend on who makes it, shards merged
+together equal one unsharded run. Chunks live in a folder named by the hash of everything that
+shapes them (config and adapters), so stale chunks are never reused.
+
+:func:`merge` then parses and validates every example, keeps rejects with their reasons, maps
+examples to the training format (§3.3: classification -> query = input, positive = label,
+negative = misleading label; STS -> S1/S2/S3 with "Retrieve semantically similar text"),
+removes exact and MinHash near-duplicates, and writes ``synthetic.jsonl``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .config import TASK_TYPES, Config
+from .dedup import dedup
+from .generate import GenRequest, Generator
+from .prompts import Prompt, revision_prompt
+from .runs import RunPaths, read_jsonl, sha256_path, write_jsonl
+from .schema import KEYS, parse_example, parse_revision, to_training_example
+from .teacher_data import request_seed, seed_prompts
+
+REVISION_EXTRA_TOKENS = 200  # default room for the reason the revisor writes before its revision
+
+
+class SynthesisError(RuntimeError):
+    """Synthesis cannot proceed; the message names what is missing."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: the chunks whose number is ``index`` modulo ``count``."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        """``"i/n"`` with 0 <= i < n."""
+        try:
+            i, n = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+        if not 0 <= i < n:
+            raise ValueError(f"--shard {text!r}: need 0 <= i < n")
+        return cls(i, n)
+
+    def owns(self, chunk: int) -> bool:
+        return chunk % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+# ---------------------------------------------------------------- what to make
+def prompts(cfg: Config, run: RunPaths) -> list[Prompt]:
+    """The synthesis prompts: types in the profile's mix (7:7:7:2 in the paper), seeded per item."""
+    s = cfg.synthesis
+    return seed_prompts(cfg, read_jsonl(run.data / "tasks.jsonl"), s.n_examples, purpose="synthesis",
+                        type_weights=s.type_weights)
+
+
+def adapters(cfg: Config, run: RunPaths) -> tuple[Path, Path | None]:
+    """The writing generator's adapter (senior by default) and the revisor's (or None)."""
+    writer = run.adapters / cfg.synthesis.generator
+    return writer, (run.adapters / "revisor" if cfg.synthesis.revise else None)
+
+
+def work_dir(cfg: Config, run: RunPaths) -> Path:
+    """``data/synthesis/<hash>/``: the hash covers the config and adapters that shape the chunks."""
+    writer, revisor = adapters(cfg, run)
+    for a in (writer, revisor):
+        if a is not None and not (a / "adapter_config.json").exists():
+            raise SynthesisError(f"synthesis needs the adapter {a}; run stages 03-05 first")
+    h = hashlib.sha256(json.dumps({
+        "config": cfg.section_hash("run.seed", "models.generator", "synthesis", "generation.batch_size"),
+        "writer": sha256_path(writer), "revisor": sha256_path(revisor) if revisor else None,
+        "tasks": sha256_path(run.data / "tasks.jsonl")}, sort_keys=True).encode()).hexdigest()[:12]
+    return run.data / "synthesis" / h
+
+
+def chunked(items: list, size: int) -> list[list]:
+    return [items[s:s + size] for s in range(0, len(items), size)]
+
+
+def chunk_path(folder: Path, j: int) -> Path:
+    return folder / f"chunk-{j:05d}.jsonl"
+
+
+# ---------------------------------------------------------------- making chunks
+def make_chunks(cfg: Config, run: RunPaths, shard: Shard = Shard(), base_model: str | None = None,
+                backend: str | None = None) -> dict:
+    """Generate every missing chunk this shard owns; return counts (made, skipped, seconds)."""
+    from .align import base_model as default_base
+
+    ps = prompts(cfg, run)
+    folder = work_dir(cfg, run)
+    chunks = chunked(ps, cfg.synthesis.chunk_size)
+    for stale in folder.glob(".chunk-*.tmp") if folder.exists() else ():  # a write of ours cut by a kill
+        if shard.owns(int(stale.name[len(".chunk-"):][:5])):
+            stale.unlink(missing_ok=True)
+    mine = [j for j in range(len(chunks)) if shard.owns(j)]
+    todo = [j for j in mine if not chunk_path(folder, j).exists()]
+    stats = {"shard": str(shard), "chunks": len(chunks), "owned": len(mine), "made": len(todo),
+             "skipped": len(mine) - len(todo), "folder": str(folder.relative_to(run.root))}
+    if not todo:
+        return {**stats, "seconds": 0.0}
+    base = base_model or default_base(cfg)
+    writer_adapter, revisor_adapter = adapters(cfg, run)
+    bs = cfg.generation.batch_size
+    writer = Generator(base, str(writer_adapter), batch_size=bs, backend=backend)
+    revisor = Generator(base, str(revisor_adapter), batch_size=bs, backend=backend) if revisor_adapter else None
+    t0, done, valid = time.monotonic(), 0, 0
+    bar = tqdm(total=sum(len(chunks[j]) for j in todo), desc=f"06 synthesis {shard}", unit="ex",
+               mininterval=2.0, file=sys.stderr)
+    for j in todo:
+        rows = synthesize_chunk(cfg, chunks[j], j * cfg.synthesis.chunk_size, writer, revisor)
+        write_jsonl(chunk_path(folder, j), rows)  # atomic: the chunk exists whole or not at all
+        done += len(rows)
+        valid += sum(_final(r)[0] is not None for r in rows)
+        bar.update(len(rows))
+        bar.set_postfix(ex_s=f"{done / (time.monotonic() - t0):.2f}", valid=f"{valid / done:.0%}", refresh=False)
+    bar.close()
+    stats["seconds"] = round(time.monotonic() - t0, 1)
+    stats["tokens_out"] = writer.tokens_out + (revisor.tokens_out if revisor else 0)
+    return stats
+
+
+def synthesize_chunk(cfg: Config, chunk: list[Prompt], first_index: int, writer: Generator,
+                     revisor: Generator | None) -> list[dict]:
+    """One chunk: the writer samples one example per prompt; the revisor revises each once (§3.3)."""
+    s = cfg.synthesis
+    reqs = [GenRequest(p.text, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                       seed=request_seed(cfg.run.seed, p.id)) for p in chunk]
+    raw = [o[0] for o in writer.generate(reqs, desc="writer")]
+    revised: list[str | None] = [None] * len(chunk)
+    if revisor is not None:
+        rev_reqs = [GenRequest(revision_prompt(p.text, p.task, text), temperature=s.revisor_temperature,
+                               top_p=s.top_p, max_new_tokens=s.revisor_max_new_tokens or s.max_new_tokens + REVISION_EXTRA_TOKENS,
+                               seed=request_seed(cfg.run.seed, f"rev-{p.id}")) for p, text in zip(chunk, raw)]
+        revised = [o[0] for o in revisor.generate(rev_reqs, desc="revisor")]
+    return [{"index": first_index + i, "prompt_id": p.id, "task_type": p.task_type, "task": p.task,
+             "topic": p.topic, "attributes": p.attributes, "generator": cfg.synthesis.generator,
+             "raw": text, "revisor_raw": rev}
+            for i, (p, text, rev) in enumerate(zip(chunk, raw, revised))]
+
+
+# ---------------------------------------------------------------- merge
+def _final(row: dict) -> tuple[dict | None, dict]:
+    """The example a raw row yields (the revision if valid, else the original if valid) and why."""
+    t = row["task_type"]
+    orig = parse_example(t, row["raw"])
+    info = {"original_valid": orig.ok, "original_reason": orig.reason, "revised_valid": None}
+    if row.get("revisor_raw") is not None:
+        rev = parse_revision(t, row["revisor_raw"])
+        info.update(revised_valid=rev.ok, revised_reason=rev.reason)
+        if rev.ok:
+            return rev.value["revision"], {**info, "revised": True, "original": orig.value}
+    if orig.ok:
+        return orig.value, {**info, "revised": False, "original": orig.value}
+    return None, {**info, "revised": False, "original": None}
+
+
+def read_chunks(cfg: Config, run: RunPaths) -> list[dict]:
+    """Every chunk's rows in prompt order; a missing chunk is an error naming the shard that owes it."""
+    folder = work_dir(cfg, run)
+    n = len(chunked(list(range(cfg.synthesis.n_examples)), cfg.synthesis.chunk_size))
+    missing = [j for j in range(n) if not chunk_path(folder, j).exists()]
+    if missing:
+        raise SynthesisError(f"{len(missing)} of {n} chunks are missing in {folder} (first: {missing[0]}); "
+                             "make them with `speed-repro synthesize --shard i/n` or rerun stage 06")
+    return [row for j in range(n) for row in read_jsonl(chunk_path(folder, j))]
+
+
+def merge(cfg: Config, run: RunPaths) -> dict:
+    """Parse, validate, map, dedup; write ``synthetic.jsonl`` and ``synthesis_rejects.jsonl``."""
+    s = cfg.synthesis
+    raw = read_chunks(cfg, run)
+    examples, rejects, edits, infos = [], [], [], []
+    for row in raw:
+        output, info = _final(row)
+        infos.append(info)
+        if output is None:
+            rejects.append({"id": row["prompt_id"], "task_type": row["task_type"], "stage": "validate",
+                            "reason": info["original_reason"], "revised_reason": info.get("revised_reason"),
+                            "raw": row["raw"][:4000], "revisor_raw": (row["revisor_raw"] or "")[:4000] or None})
+            continue
+        if info["revised"] and info["original"] is not None:
+            edits.append({"task_type": row["task_type"], "distance": edit_distance(info["original"], output)})
+        ex = to_training_example(row["task_type"], row["task"], output)
+        examples.append({"id": f"syn-{row['index']:07d}", **ex, "prompt_id": row["prompt_id"],
+                         "topic": row["topic"], "provenance": {"generator": row["generator"],
+                                                               "revised": info["revised"]},
+                         "original_valid": info["original_valid"], "revised_valid": info["revised_valid"]})
+    d = dedup(examples, threshold=s.minhash_threshold, num_perm=s.minhash_num_perm, shingle=s.shingle_chars)
+    rejects += [{"id": r["id"], "task_type": r["task_type"], "stage": "dedup", "reason": f"{r['dedup']}_duplicate",
+                 "duplicate_of": r["duplicate_of"], "query": r["query"][:400]} for r in d.dropped]
+    write_jsonl(run.data / "synthetic.jsonl", d.kept)
+    write_jsonl(run.data / "synthesis_rejects.jsonl", rejects)
+    return stats(raw, infos, examples, d, edits)
+
+
+def stats(raw: list[dict], infos: list[dict], examples: list[dict], d, edits: list[dict]) -> dict:
+    """The numbers stage 06 reports: per type, validity before/after revision, edits, dedup."""
+    n = len(raw)
+    asked = Counter(r["task_type"] for r in raw)
+    valid = Counter(e["task_type"] for e in examples)
+    kept = Counter(e["task_type"] for e in d.kept)
+    revised_rows = [i for i in infos if i["revised_valid"] is not None]
+    return {
+        "requested": n, "valid": len(examples), "kept": len(d.kept),
+        "per_type": {t: {"requested": asked[t], "valid": valid[t], "kept": kept[t]} for t in TASK_TYPES if asked[t]},
+        "valid_rate_before_revision": round(sum(i["original_valid"] for i in infos) / max(n, 1), 3),
+        "valid_rate_of_revisions": round(sum(bool(i["revised_valid"]) for i in revised_rows) / len(revised_rows), 3)
+        if revised_rows else None,
+        "valid_rate_after_revision": round(len(examples) / max(n, 1), 3),
+        "from_revision": sum(e["provenance"]["revised"] for e in examples),
+        "edit_distance_mean": round(sum(e["distance"] for e in edits) / len(edits), 3) if edits else None,
+        "dedup": {"exact": sum(r["dedup"] == "exact" for r in d.dropped),
+                  "near": sum(r["dedup"] == "near" for r in d.dropped), "drop_rate": round(d.drop_rate, 3)},
+        "with_negative": sum(e["negative"] is not None for e in d.kept),
+    }
+
+
+def edit_distance(a: dict, b: dict) -> float:
+    """Word-level Levenshtein distance between two examples' texts, over the longer length (0..1)."""
+    wa = " ".join(str(v) for v in a.values()).split()
+    wb = " ".join(str(v) for v in b.values()).split()
+    if not wa and not wb:
+        return 0.0
+    prev = list(range(len(wb) + 1))
+    for i, x in enumerate(wa, 1):
+        cur = [i]
+        for j, y in enumerate(wb, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1] / max(len(wa), len(wb))
+
+
+def lengths(rows: list[dict]) -> list[dict]:
+    """Word counts of query, positive and negative per example, for the length histograms."""
+    return [{"task_type": r["task_type"], **{k: len((r.get(k) or "").split()) for k in ("query", "positive", "negative")}}
+            for r in rows]
+
+
+__all__ = ["Shard", "prompts", "make_chunks", "merge", "read_chunks", "edit_distance", "lengths", "KEYS"]
