@@ -38,6 +38,7 @@ class Wheelset:
     member: str  # a file (concatenated across wheels, in order) or a folder prefix inside the wheel
     sha256: str  # of the assembled file, or of ``check_file`` inside the folder
     check_file: str | None = None  # folder assets: which file the sha256 pins
+    also: tuple[tuple[str, str], ...] = ()  # folder assets: more (file, sha256) pins
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,23 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+# Data shipped inside PyPI wheels, for proxy evaluation tasks (offline-assets.md §4).
+DATASETS: dict[str, ModelSpec] = {
+    "gensim-test-data": ModelSpec(
+        name="gensim-test-data", hf_id="", kind="dataset",
+        folder=Wheelset(
+            packages=("gensim==4.4.0",),
+            member="test/test_data/",
+            sha256="23762bc6b728897144dda3d324a2c032dc1e059e1009806226d64b6dd123ed79",
+            check_file="similarities0-1.txt",
+            also=(("lee.cor", "a878f9a58f6743c32985c56c2f2f75988386216b38a4023a01fd3bcf7884d93e"),
+                  ("pang_lee_polarity.cor", "662c1b7c3bd0612eaaaf3f0c694cbd3897e30c0d87d2940b46c9fd0d15ed70c1")),
+        ),
+        notes="gensim's test data: Lee document similarity (50 news docs, human-scored pairs), Pang & Lee polarity",
+    ),
+}
+
+
 class AssetError(RuntimeError):
     """A model could not be resolved, assembled or verified."""
 
@@ -135,7 +153,7 @@ class AssetError(RuntimeError):
 def spec(name: str) -> ModelSpec:
     """Look up a named model, with an error that lists the known names."""
     try:
-        return MODELS[name]
+        return MODELS[name] if name in MODELS else DATASETS[name]
     except KeyError:
         raise AssetError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
 
@@ -233,12 +251,13 @@ def _assemble_folder(ws: Wheelset, out: Path, scratch: Path) -> None:
 
 
 def _verify(path: Path, ws: Wheelset) -> None:
-    target = path / ws.check_file if ws.check_file else path
-    got = sha256_file(target)
-    if got != ws.sha256:
-        raise AssetError(
-            f"sha256 mismatch for {target}: got {got}, pinned {ws.sha256}. "
-            f"Delete {path} to assemble it again.")
+    pins = [(path / ws.check_file if ws.check_file else path, ws.sha256)] + [(path / f, h) for f, h in ws.also]
+    for target, pinned in pins:
+        got = sha256_file(target) if target.exists() else "(missing)"
+        if got != pinned:
+            raise AssetError(
+                f"sha256 mismatch for {target}: got {got}, pinned {pinned}. "
+                f"Delete {path} to assemble it again.")
 
 
 def _offline(name: str, which: str) -> Path:
@@ -327,6 +346,11 @@ def hf_folder(name: str, online: bool | None = None) -> str:
         os.replace(tmp, out)
         done.write_text(gguf.name)
     return str(out)
+
+
+def data_folder(name: str) -> Path:
+    """A data folder extracted from a pinned PyPI wheel (sha256-checked, cached)."""
+    return _offline(name, "folder")
 
 
 def describe(name: str) -> dict:

@@ -1,0 +1,233 @@
+"""Stage 07: the embedding model, trained the E5-mistral way (SPEED §3.3; speed-method.md §1.7, §4).
+
+* A decoder LLM reads the text with ``[EOS]`` appended; the last layer's state at that EOS is the
+  embedding (last-token pooling, left padding, so the EOS is always the last real position).
+* Queries carry ``Instruct: {task}\\nQuery: {query}``; documents carry no instruction, so an index
+  can be built once.
+* InfoNCE over cosine similarity with temperature τ (0.02 in E5), against in-batch positives and
+  the hard negatives; a batch never holds the same text twice (no false in-batch negatives).
+* LoRA (QLoRA on GPU), gradient checkpointing, and sentence-transformers' cached (GradCache) loss,
+  so the contrastive batch can be larger than what fits in memory at once.
+
+The result is a plain sentence-transformers folder: ``SentenceTransformer(path)`` loads it with
+the pooling, the appended EOS and a default query prompt inside. The LoRA weights are merged.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .config import EmbedderCfg, LoraCfg
+
+# E5-mistral's instruction for MS MARCO-style search, the default query prompt of a saved model.
+DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+TEXT_ONLY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
+
+
+def query_text(instruction: str, query: str) -> str:
+    """The E5/SPEED query format (§3.3)."""
+    return f"Instruct: {instruction}\nQuery: {query}"
+
+
+# ---------------------------------------------------------------- models
+def append_eos(tokenizer) -> None:
+    """Make the tokenizer append its EOS token to every text (saved with the tokenizer)."""
+    from tokenizers.processors import TemplateProcessing
+
+    eos = tokenizer.eos_token
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, tokenizer.eos_token_id)])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = eos
+
+
+def decoder_embedder(model_path: str, max_length: int, qlora: bool = False):
+    """A causal LM as a bi-encoder: raw text + EOS, left padding, last-token pooling, cosine."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    from .train import cuda_available, quant_config
+
+    q = quant_config(qlora)
+    model_kwargs = {"dtype": torch.bfloat16 if cuda_available() else torch.float32}
+    if q is not None:
+        model_kwargs.update(quantization_config=q, device_map={"": 0})
+    # text only: sentence-transformers would otherwise wrap each text in the model's chat template
+    t = Transformer(model_path, max_seq_length=max_length, processor_kwargs={"padding_side": "left"},
+                    model_kwargs=model_kwargs, modality_config=TEXT_ONLY, module_output_name="token_embeddings")
+    append_eos(t.tokenizer)
+    pool = Pooling(t.get_embedding_dimension(), pooling_mode="lasttoken")
+    st = SentenceTransformer(modules=[t, pool], similarity_fn_name="cosine",
+                             prompts={"query": query_text(DEFAULT_INSTRUCTION, ""), "document": ""},
+                             device="cuda" if cuda_available() else "cpu")
+    st.quantized = q is not None
+    return st
+
+
+def encoder_embedder(path: str):
+    """An off-the-shelf sentence-transformers model (all-MiniLM-L6-v2), as released."""
+    from sentence_transformers import SentenceTransformer
+
+    from .train import cuda_available
+
+    return SentenceTransformer(path, device="cuda" if cuda_available() else "cpu", local_files_only=os.path.isdir(path))
+
+
+def add_lora(st, c: LoraCfg) -> int:
+    """Wrap the backbone with LoRA adapters; returns the number of trainable parameters."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from .train import lora_config
+
+    backbone = st[0].model
+    if getattr(st, "quantized", False):
+        backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=True)
+    st[0].model = get_peft_model(backbone, lora_config(c, task_type="FEATURE_EXTRACTION"))
+    return sum(p.numel() for p in st.parameters() if p.requires_grad)
+
+
+def merge_lora(st) -> None:
+    """Fold the LoRA weights into the backbone, so the saved folder is a plain model."""
+    from peft import PeftModel
+
+    if isinstance(st[0].model, PeftModel):
+        st[0].model = st[0].model.merge_and_unload()
+
+
+# ---------------------------------------------------------------- data
+def training_data(rows: Sequence[dict]):
+    """Two datasets: triplets (with a hard negative) and pairs (text matching has none, §3.1).
+
+    The anchor is the instructed query; positives and negatives carry no instruction.
+    """
+    from datasets import Dataset, DatasetDict
+
+    triplets = [{"anchor": query_text(r["instruction"], r["query"]), "positive": r["positive"],
+                 "negative": r["negative"]} for r in rows if r.get("negative")]
+    pairs = [{"anchor": query_text(r["instruction"], r["query"]), "positive": r["positive"]}
+             for r in rows if not r.get("negative")]
+    parts = {name: Dataset.from_list(data) for name, data in (("triplets", triplets), ("pairs", pairs)) if data}
+    if not parts:
+        raise ValueError("no training examples")
+    return DatasetDict(parts)
+
+
+# ---------------------------------------------------------------- training
+@dataclass
+class EmbedResult:
+    """What a contrastive training run reports (kept in stage 07's marker)."""
+
+    path: str
+    model: str
+    steps: int
+    seconds: float
+    examples: int
+    trainable_params: int
+    loss: str  # "cached-infonce" (GradCache) or "infonce"
+    batch_size: int
+    mini_batch_size: int | None
+    losses: list[tuple[int, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def contrastive_loss(st, ec: EmbedderCfg):
+    """InfoNCE over cosine / τ with in-batch and hard negatives; GradCache when mini-batched."""
+    from sentence_transformers.sentence_transformer.losses import (CachedMultipleNegativesRankingLoss,
+                                                                   MultipleNegativesRankingLoss)
+
+    scale = 1.0 / ec.temperature
+    if ec.mini_batch_size:
+        return CachedMultipleNegativesRankingLoss(st, scale=scale, mini_batch_size=ec.mini_batch_size), "cached-infonce"
+    return MultipleNegativesRankingLoss(st, scale=scale), "infonce"
+
+
+def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, seed: int = 0,
+          lora: bool = True, lr: float | None = None, callbacks: list | None = None) -> EmbedResult:
+    """Train ``st`` on (instruction, query, positive, negative) rows and save it to ``out_dir``."""
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers, MultiDatasetBatchSamplers
+
+    from .train import cuda_available, step_logger
+
+    t0 = time.monotonic()
+    trainable = add_lora(st, ec.lora) if lora else sum(p.numel() for p in st.parameters() if p.requires_grad)
+    loss, loss_name = contrastive_loss(st, ec)
+    on_gpu = cuda_available()
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out_dir.with_name(out_dir.name + ".trainer")), per_device_train_batch_size=ec.batch_size,
+        num_train_epochs=ec.epochs, learning_rate=lr or ec.lr, warmup_steps=ec.warmup_steps,
+        weight_decay=ec.weight_decay, lr_scheduler_type="linear", seed=seed, data_seed=seed,
+        batch_sampler=BatchSamplers.NO_DUPLICATES, multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL,
+        bf16=on_gpu, fp16=False, use_cpu=not on_gpu, gradient_checkpointing=ec.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, save_strategy="no",
+        report_to="none", dataloader_num_workers=0, disable_tqdm=True)
+    trainer = SentenceTransformerTrainer(model=st, args=args, train_dataset=training_data(rows), loss=loss,
+                                         callbacks=[*(callbacks or []), step_logger()])
+    trainer.train()
+    if lora:
+        merge_lora(st)
+    save(st, out_dir)
+    shutil.rmtree(args.output_dir, ignore_errors=True)
+    losses = [(h["step"], float(h["loss"])) for h in trainer.state.log_history if "loss" in h and "step" in h]
+    return EmbedResult(path=str(out_dir), model=name, steps=trainer.state.global_step,
+                       seconds=round(time.monotonic() - t0, 1), examples=len(rows), trainable_params=trainable,
+                       loss=loss_name, batch_size=ec.batch_size, mini_batch_size=ec.mini_batch_size, losses=losses)
+
+
+def load_for_training(name: str, max_length: int, qlora: bool, online: bool):
+    """A named model ready for contrastive training, and whether it trains with LoRA.
+
+    Causal LMs (the paper's Mistral-7B; SmolLM2 on the CPU) become last-token decoder embedders
+    trained with LoRA; sentence-transformers models (MiniLM) are fully fine-tuned as released.
+    """
+    from . import assets
+
+    m = assets.spec(name)
+    if m.kind == "sentence-transformer":
+        st = encoder_embedder(assets.st_folder(name, online=online))
+        st.max_seq_length = min(st.max_seq_length or max_length, max_length)
+        return st, False
+    return decoder_embedder(assets.hf_folder(name, online=online), max_length, qlora), True
+
+
+def train_stage(cfg, run) -> dict:
+    """Stage 07: train the embedder (and fine-tune the baseline) on ``synthetic.jsonl``."""
+    from .runs import read_jsonl
+
+    ec, online = cfg.embedder, cfg.use_hub()
+    rows = list(read_jsonl(run.data / "synthetic.jsonl"))
+    if not rows:
+        raise ValueError(f"{run.data / 'synthetic.jsonl'} holds no example; stage 06 must produce some")
+    out = {}
+    jobs = [("embedder", cfg.models.embedder, ec.lr)]
+    if cfg.models.baseline_embedder and ec.baseline_finetune:
+        jobs.append(("baseline", cfg.models.baseline_embedder, ec.baseline_lr))
+    for folder, name, lr in jobs:
+        print(f"training {name} on {len(rows)} examples -> models/{folder}", flush=True)
+        st, lora = load_for_training(name, ec.max_length, ec.qlora, online)
+        out[folder] = train(st, rows, run.models / folder, ec, name=name, seed=cfg.run.seed, lora=lora,
+                            lr=lr).to_dict()
+        out[folder]["lora"] = lora
+        del st
+    return out
+
+
+def save(st, out_dir: Path) -> None:
+    """Save a sentence-transformers folder atomically (a sibling ``.part`` folder, then a rename)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    st.save(str(tmp))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+
+
+__all__ = ["query_text", "decoder_embedder", "encoder_embedder", "training_data", "train", "EmbedResult",
+           "DEFAULT_INSTRUCTION"]

@@ -1,0 +1,345 @@
+"""Stage 08: MTEB evaluation with E5-style instructions (SPEED §4.1, Table 1; E5-mistral §4).
+
+Three task sources, chosen per profile:
+
+1. **Real MTEB tasks** by name or benchmark (``MTEB(eng, v1)``: 56 tasks), when the Hub is reachable.
+2. **Local copies** of real MTEB test sets (``evaluate.local_tasks_dir``; CI and this machine use
+   ``../shared/data/mteb_local``). Each is the real mteb task class, with its name, metric and
+   protocol, reading local files instead of the Hub; its dataset revision reads ``local-<hash>`` so
+   its results can never pass for the Hub's. Where the data differ from MTEB's, :data:`NOTES` says so.
+3. **Proxy tasks** built from data shipped in PyPI wheels (gensim's Lee document-similarity set and
+   Pang & Lee polarity), so that an offline machine still evaluates something real.
+
+Results are mteb's own JSON files under ``mteb/``, one folder per model, with ``settings.json``
+(versions, dtype, batch size, instructions) beside them. mteb's cache makes a rerun skip every
+(model, task) already evaluated.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .embed import query_text
+
+DATA = Path(__file__).resolve().parent / "data"
+ASYMMETRIC = ("Retrieval", "Reranking", "InstructionRetrieval")  # instruction on queries only
+
+# How the local copies differ from the data MTEB evaluates (../shared/data/mteb_local/README.md).
+NOTES = {
+    "STS12": "local copy lacks MSRvid: 2,358 of MTEB's 3,108 pairs; not comparable with published STS12",
+    "SICK-R": "local copy is the 4,927-pair SICK test part; MTEB uses all 9,927 pairs",
+    "MSRParaphraseCorpus": "not an MTEB task: the MSR paraphrase corpus test set, MTEB's PairClassification metric",
+    "LeeDocSTS": "proxy task from gensim's test data (50 news documents, 1,225 human-scored pairs); not in MTEB",
+    "PangLeePolarityClassification": "proxy task from gensim's test data (200 sentences, 2 classes); not in MTEB",
+}
+
+
+@lru_cache(maxsize=1)
+def instructions() -> dict:
+    return yaml.safe_load((DATA / "instructions.yaml").read_text())
+
+
+def instruction_for(task_name: str, task_type: str) -> str:
+    """E5's instruction for a task, or the default of its type."""
+    table = instructions()
+    return table["tasks"].get(task_name) or table["types"].get(task_type) or table["types"]["STS"]
+
+
+# ---------------------------------------------------------------- the model wrapper
+def _encoder_base():
+    from mteb.models.abs_encoder import AbsEncoder
+
+    return AbsEncoder
+
+
+class InstructedEncoder(_encoder_base()):
+    """A sentence-transformers model for mteb, adding E5-style instructions.
+
+    With ``use_instructions``, texts become ``Instruct: {task instruction}\\nQuery: {text}``, except
+    documents of retrieval and reranking tasks, which stay bare. Embeddings are L2-normalised.
+    """
+
+    def __init__(self, model, name: str, revision: str, use_instructions: bool, batch_size: int = 32):
+        from mteb.models.model_meta import ModelMeta, ScoringFunction
+
+        self.model = model
+        self.use_instructions = use_instructions
+        self.batch_size = batch_size
+        self.seen: list[tuple[str, str | None, str]] = []  # (task, prompt type, first text), for tests
+        self.mteb_model_meta = ModelMeta.create_empty({
+            "name": name, "revision": revision, "similarity_fn_name": ScoringFunction.COSINE,
+            "use_instructions": use_instructions, "framework": ["Sentence Transformers", "PyTorch"],
+            "embed_dim": model.get_embedding_dimension(),
+            "n_parameters": sum(p.numel() for p in model.parameters())})
+
+    def format(self, texts: list[str], task_name: str, task_type: str, prompt_type) -> list[str]:
+        is_doc = prompt_type is not None and getattr(prompt_type, "value", prompt_type) == "document"
+        if not self.use_instructions or (task_type in ASYMMETRIC and is_doc):
+            return texts
+        inst = instruction_for(task_name, task_type)
+        return [query_text(inst, t) for t in texts]
+
+    def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
+        texts = [t for batch in inputs for t in batch["text"]]
+        texts = self.format(texts, task_metadata.name, task_metadata.type, prompt_type)
+        if texts:
+            self.seen.append((task_metadata.name, getattr(prompt_type, "value", prompt_type), texts[0]))
+        return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False)
+
+
+# ---------------------------------------------------------------- local files
+def _sts_tsv(folder: Path) -> list[dict]:
+    """SemEval STS files: ``score<TAB>s1<TAB>s2``; unscored lines (STS15) are skipped."""
+    rows = []
+    for f in sorted(folder.glob("*.tsv")):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 3 and parts[0].strip():
+                rows.append({"sentence1": parts[1], "sentence2": parts[2], "score": float(parts[0])})
+    return rows
+
+
+def _sick(folder: Path) -> list[dict]:
+    with open(folder / "SICK_test_annotated.txt", encoding="utf-8") as f:
+        return [{"sentence1": r["sentence_A"], "sentence2": r["sentence_B"], "score": float(r["relatedness_score"])}
+                for r in csv.DictReader(f, delimiter="\t")]
+
+
+def _banking(folder: Path) -> dict[str, list[dict]]:
+    labels = {c: i for i, c in enumerate(json.loads((folder / "categories.json").read_text()))}
+    out = {}
+    for split in ("train", "test"):
+        with open(folder / f"{split}.csv", encoding="utf-8") as f:
+            out[split] = [{"text": r["text"], "label": labels[r["category"]]} for r in csv.DictReader(f)]
+    return out
+
+
+def _msrp(folder: Path) -> list[dict]:
+    with open(folder / "msr-para-test.tsv", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    return [{"sentence1": r[3], "sentence2": r[4], "labels": int(r[0])} for r in rows[1:] if len(r) >= 5]
+
+
+def _lee(folder: Path) -> list[dict]:
+    docs = [d.strip() for d in (folder / "lee.cor").read_text(encoding="latin-1").splitlines() if d.strip()]
+    sims = [[float(x) for x in line.split()] for line in (folder / "similarities0-1.txt").read_text().splitlines()]
+    return [{"sentence1": docs[i], "sentence2": docs[j], "score": sims[i][j]}
+            for i in range(len(docs)) for j in range(i + 1, len(docs))]
+
+
+def _polarity(folder: Path) -> dict[str, list[dict]]:
+    """Pang & Lee sentences, alternately to train and test within each class."""
+    rows = []
+    for line in (folder / "pang_lee_polarity.cor").read_text(encoding="latin-1").splitlines():
+        label, _, text = line.partition(" ")
+        rows.append({"text": text.strip(), "label": int(label == "__label__pos")})
+    split: dict[str, list[dict]] = {"train": [], "test": []}
+    for c in (0, 1):
+        for i, r in enumerate(r for r in rows if r["label"] == c):
+            split["train" if i % 2 == 0 else "test"].append(r)
+    return split
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a local or proxy task's files live and how to read them."""
+
+    folder: str  # subfolder of the local tasks dir, or of the data asset
+    read: Any
+    kind: str  # "local" or "proxy"
+
+
+LOCAL = {
+    "STS12": Source("sts12", _sts_tsv, "local"), "STS13": Source("sts13", _sts_tsv, "local"),
+    "STS14": Source("sts14", _sts_tsv, "local"), "STS15": Source("sts15", _sts_tsv, "local"),
+    "SICK-R": Source("sickr", _sick, "local"), "Banking77Classification": Source("banking77", _banking, "local"),
+    "MSRParaphraseCorpus": Source("msrp", _msrp, "local"),
+}
+PROXY = {"LeeDocSTS": Source("", _lee, "proxy"), "PangLeePolarityClassification": Source("", _polarity, "proxy")}
+PROXY_ASSET = "gensim-test-data"
+
+
+def _own_metadata(name: str):
+    """Metadata for this package's tasks that are not in MTEB (same fields mteb requires)."""
+    from mteb import TaskMetadata
+
+    kinds = {"MSRParaphraseCorpus": ("PairClassification", "max_ap", "https://www.microsoft.com/en-us/download/details.aspx?id=52398"),
+             "LeeDocSTS": ("STS", "cosine_spearman", "https://www.michaeldlee.com/publications"),
+             "PangLeePolarityClassification": ("Classification", "accuracy", "https://www.cs.cornell.edu/people/pabo/movie-review-data/")}
+    ttype, score, ref = kinds[name]
+    return TaskMetadata(name=name, description=NOTES[name], reference=ref, type=ttype, category="t2t",
+                        modalities=["text"], eval_splits=["test"], eval_langs=["eng-Latn"], main_score=score,
+                        dataset={"path": f"speed-repro/{name}", "revision": "local"})
+
+
+def _base_class(name: str):
+    import mteb
+    from mteb.abstasks.classification import AbsTaskClassification
+    from mteb.abstasks.pair_classification import AbsTaskPairClassification
+    from mteb.abstasks.sts import AbsTaskSTS
+
+    own = {"MSRParaphraseCorpus": AbsTaskPairClassification, "LeeDocSTS": AbsTaskSTS,
+           "PangLeePolarityClassification": AbsTaskClassification}
+    if name in own:
+        return own[name], _own_metadata(name)
+    cls = type(mteb.get_task(name))
+    return cls, cls.metadata
+
+
+def file_task(name: str, folder: Path, limit: int | None = None, seed: int = 0):
+    """The mteb task ``name`` reading its data from ``folder`` (a local or proxy :class:`Source`)."""
+    from datasets import Dataset, DatasetDict
+
+    source = (LOCAL | PROXY)[name]
+    path = folder / source.folder if source.folder else folder
+    if not path.is_dir():
+        raise FileNotFoundError(f"task {name}: no data folder {path}")
+    base, meta = _base_class(name)
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()
+                                     and p.suffix in (".tsv", ".txt", ".csv", ".json", ".cor"))).hexdigest()[:12]
+    meta = meta.model_copy(update={"dataset": {"path": f"local:{path}", "revision": f"local-{digest}"},
+                                   "description": f"{meta.description} [{source.kind} copy: {NOTES.get(name, 'same data as MTEB')}]"})
+
+    def load_data(self, **_):
+        data = source.read(path)
+        splits = data if isinstance(data, dict) else {"test": data}
+        if limit and len(splits["test"]) > limit:
+            rng = random.Random(f"{seed}:{name}")
+            splits["test"] = [splits["test"][i] for i in sorted(rng.sample(range(len(splits["test"])), limit))]
+        self.dataset = DatasetDict({k: Dataset.from_list(v) for k, v in splits.items()})
+        self.data_loaded = True
+
+    attrs: dict[str, Any] = {"metadata": meta, "load_data": load_data, "source_kind": source.kind}
+    if name == "LeeDocSTS":
+        attrs.update(min_score=0, max_score=1)
+    return type(f"File{base.__name__}_{name.replace('-', '_')}", (base,), attrs)()
+
+
+def tasks_for(cfg, use_hub: bool) -> tuple[list, list[str]]:
+    """The profile's tasks and notes on what was left out (and why)."""
+    import mteb
+
+    from . import assets
+    from .config import resolve_path
+
+    e, tasks, skipped = cfg.evaluate, [], []
+    if e.benchmark or e.tasks:
+        if use_hub:
+            tasks += list(mteb.get_benchmark(e.benchmark).tasks) if e.benchmark else []
+            tasks += list(mteb.get_tasks(tasks=list(e.tasks))) if e.tasks else []
+        else:
+            skipped.append(f"{e.benchmark or ', '.join(e.tasks)}: needs the Hugging Face Hub, which is unreachable")
+    if e.local_tasks_dir:
+        tasks += [file_task(n, resolve_path(e.local_tasks_dir), e.limit, cfg.run.seed) for n in e.local_tasks]
+    if e.proxy_tasks:
+        folder = assets.data_folder(PROXY_ASSET)
+        tasks += [file_task(n, folder, e.limit, cfg.run.seed) for n in e.proxy_tasks]
+    return tasks, skipped
+
+
+def task_source(task) -> str:
+    return getattr(task, "source_kind", "mteb")
+
+
+# ---------------------------------------------------------------- running
+def evaluate_model(encoder: InstructedEncoder, tasks: list, out_dir: Path, batch_size: int) -> list[dict]:
+    """Run mteb, caching results as mteb JSON under ``out_dir``; one score row per task."""
+    import mteb
+
+    res = mteb.evaluate(encoder, tasks=tasks, cache=mteb.ResultCache(str(out_dir)), overwrite_strategy="only-missing",
+                        encode_kwargs={"batch_size": batch_size}, show_progress_bar=False)
+    by_name = {t.metadata.name: t for t in tasks}
+    rows = []
+    for tr in res.task_results:
+        task = by_name[tr.task_name]
+        rows.append({"model": encoder.mteb_model_meta.name, "task": tr.task_name, "type": task.metadata.type,
+                     "main_score": task.metadata.main_score, "score": round(100 * float(tr.get_score()), 2),
+                     "source": task_source(task), "note": NOTES.get(tr.task_name, "")})
+    return rows
+
+
+def settings(encoder: InstructedEncoder, path: str, batch_size: int, extra: dict | None = None) -> dict:
+    """What goes beside a model's results: versions, dtype, batch size, instructions, pooling."""
+    from .runs import versions
+
+    st = encoder.model
+    pooling = getattr(st[1], "pooling_mode", None) if len(st) > 1 else None
+    return {"model": encoder.mteb_model_meta.name, "path": path, "versions": versions(),
+            "dtype": str(next(st.parameters()).dtype), "batch_size": batch_size,
+            "instructions": encoder.use_instructions, "pooling": pooling,
+            "max_seq_length": st.max_seq_length, **(extra or {})}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model of the comparison: how to load it, and whether it gets instructions."""
+
+    label: str  # short name in tables
+    mteb_name: str  # "org/name" in mteb's results
+    path: str  # a folder or a Hub id
+    kind: str  # "decoder" (last-token, EOS appended) or "encoder" (as saved)
+    use_instructions: bool
+
+
+def candidates(cfg, run) -> list[Candidate]:
+    """The comparison of SPEED §4.2 in miniature: the embedder untrained and trained on our data,
+    and, when the profile names one, the off-the-shelf baseline as released and fine-tuned."""
+    from . import assets
+
+    online = cfg.use_hub()
+    emb, base = cfg.models.embedder, cfg.models.baseline_embedder
+    out = []
+    if assets.spec(emb).kind == "causal-lm":
+        out.append(Candidate(f"{emb} untrained", f"speed-repro/{emb}-untrained", assets.hf_folder(emb, online=online),
+                             "decoder", True))
+    out.append(Candidate(f"{emb} + our data", f"speed-repro/{emb}-speed", str(run.models / "embedder"), "encoder", True))
+    if base:
+        out.append(Candidate(f"{base} (released)", assets.spec(base).hf_id, assets.st_folder(base, online=online),
+                             "encoder", False))
+        if (run.models / "baseline").exists():
+            out.append(Candidate(f"{base} + our data", f"speed-repro/{base}-speed", str(run.models / "baseline"),
+                                 "encoder", True))
+    return out
+
+
+def load_candidate(c: Candidate, max_length: int):
+    from .embed import decoder_embedder, encoder_embedder
+
+    return decoder_embedder(c.path, max_length) if c.kind == "decoder" else encoder_embedder(c.path)
+
+
+def evaluate_stage(cfg, run, revision: str) -> dict:
+    """Stage 08: every candidate on every task; mteb JSON under ``mteb/``, a score table in
+    ``data/scores.jsonl``. ``revision`` names this run in mteb's folders (e.g. the config hash)."""
+    from .runs import atomic_write_json, write_jsonl
+
+    e = cfg.evaluate
+    tasks, skipped = tasks_for(cfg, cfg.use_hub())
+    if not tasks:
+        raise ValueError("no evaluation task: set evaluate.local_tasks_dir, evaluate.proxy_tasks, or "
+                         "evaluate.tasks/benchmark with the Hub reachable")
+    rows = []
+    for c in candidates(cfg, run):
+        print(f"evaluating {c.label} on {len(tasks)} tasks", flush=True)
+        enc = InstructedEncoder(load_candidate(c, cfg.embedder.max_length), c.mteb_name, revision,
+                                c.use_instructions, e.batch_size)
+        scores = evaluate_model(enc, tasks, run.mteb, e.batch_size)
+        folder = run.mteb / "results" / c.mteb_name.replace("/", "__") / revision
+        atomic_write_json(folder / "settings.json", settings(enc, c.path, e.batch_size, {"label": c.label}))
+        rows += [{**r, "label": c.label, "instructions": c.use_instructions} for r in scores]
+    write_jsonl(run.data / "scores.jsonl", rows)
+    return {"tasks": [t.metadata.name for t in tasks], "models": [c.label for c in candidates(cfg, run)],
+            "skipped": skipped, "scores": {f"{r['label']} | {r['task']}": r["score"] for r in rows}}
+
+
+__all__ = ["InstructedEncoder", "file_task", "tasks_for", "evaluate_model", "instruction_for", "NOTES", "LOCAL",
+           "PROXY"]

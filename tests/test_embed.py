@@ -1,0 +1,72 @@
+"""Stage 07 on a tiny decoder: EOS + last-token pooling, instructions on queries only, LoRA training, reload."""
+import numpy as np
+import pytest
+import torch
+from conftest import Snapshot
+
+from speed_utils import embed
+from speed_utils.config import EmbedderCfg, LoraCfg
+
+pytestmark = pytest.mark.slow
+
+ROWS = [{"instruction": f"Find the capital of country {i}", "query": f"capital of land number {i}",
+         "positive": f"city {i} is the capital and seat of government of land {i}",
+         "negative": f"land {i} exports grain and timber" if i % 3 else None} for i in range(24)]
+CFG = EmbedderCfg(lr=5e-3, batch_size=8, mini_batch_size=4, temperature=0.05, max_length=48, epochs=3,
+                  warmup_steps=0, weight_decay=0.0, gradient_checkpointing=True, lora=LoraCfg(r=4, alpha=8, dropout=0.0))
+
+
+def infonce(st, rows, tau=0.05) -> float:
+    q = st.encode([embed.query_text(r["instruction"], r["query"]) for r in rows], convert_to_tensor=True,
+                  normalize_embeddings=True)
+    d = st.encode([r["positive"] for r in rows], convert_to_tensor=True, normalize_embeddings=True)
+    return float(torch.nn.functional.cross_entropy(q @ d.T / tau, torch.arange(len(rows))))
+
+
+def test_pooling_takes_the_eos_state_under_left_padding(tiny_lm):
+    st = embed.decoder_embedder(tiny_lm, max_length=32)
+    tok = st[0].tokenizer
+    feats = st[0].tokenizer(["short", "a much longer text with many more tokens"], padding=True, return_tensors="pt")
+    assert tok.padding_side == "left" and (feats["input_ids"][:, -1] == tok.eos_token_id).all()
+    assert feats["attention_mask"][0, 0] == 0  # the short text is padded on the left
+    with torch.no_grad():
+        hidden = st[0].model(**feats).last_hidden_state
+        pooled = st.encode(["short", "a much longer text with many more tokens"], convert_to_tensor=True)
+    assert torch.allclose(pooled, hidden[:, -1], atol=1e-5)
+    # truncation keeps the EOS as the last token
+    long = st[0].tokenizer(["word " * 100], truncation=True, max_length=32)["input_ids"][0]
+    assert len(long) == 32 and long[-1] == tok.eos_token_id
+
+
+def test_instructions_reach_queries_and_not_documents():
+    data = embed.training_data(ROWS)
+    assert set(data) == {"triplets", "pairs"} and len(data["triplets"]) + len(data["pairs"]) == len(ROWS)
+    for part in data.values():
+        for row in part:
+            assert row["anchor"].startswith("Instruct: Find the capital") and "\nQuery: capital of land" in row["anchor"]
+            assert "Instruct:" not in row["positive"] and "Instruct:" not in (row.get("negative") or "")
+    assert data["pairs"].column_names == ["anchor", "positive"]
+
+
+def test_training_lowers_the_loss_changes_lora_and_reloads(tiny_lm, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    st = embed.decoder_embedder(tiny_lm, max_length=48)
+    before = infonce(st, ROWS)
+    snap = Snapshot()
+    res = embed.train(st, ROWS, tmp_path / "emb", CFG, name="tiny", callbacks=[snap])
+    assert res.loss == "cached-infonce" and res.steps >= 6 and res.trainable_params > 0
+    assert snap.before and all("lora_" in n for n in snap.before) and snap.unchanged == []
+    after = infonce(st, ROWS)
+    assert after < before - 0.1, (before, after)
+    texts = ["capital of land number 3", "city 7 is the capital"]
+    reloaded = SentenceTransformer(str(tmp_path / "emb"), local_files_only=True)
+    assert np.allclose(reloaded.encode(texts), st.encode(texts), atol=1e-5)
+    assert reloaded.prompts["query"].startswith("Instruct: ") and reloaded[1].pooling_mode == "lasttoken"
+    assert not any("lora" in k for k in reloaded.state_dict())  # merged into a plain model
+
+
+def test_plain_loss_when_not_mini_batched(tiny_lm):
+    st = embed.decoder_embedder(tiny_lm, max_length=16)
+    _, name = embed.contrastive_loss(st, CFG.model_copy(update={"mini_batch_size": None}))
+    assert name == "infonce"
