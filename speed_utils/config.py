@@ -30,6 +30,14 @@ def resolve_path(p: str | Path) -> Path:
     return Path(p) if Path(p).is_absolute() else PARAMS_DIR.parent / p
 
 
+def _check_weights(section, key: str):
+    """Type weights must be non-negative with a positive sum (validator shared by sections)."""
+    w = section.type_weights
+    if not w or any(v < 0 for v in w.values()) or sum(w.values()) <= 0:
+        raise ValueError(f"{key}: weights must be non-negative with a positive sum")
+    return section
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -117,11 +125,7 @@ class SeedCfg(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: PositiveInt = 800
 
-    @model_validator(mode="after")
-    def _weights(self):
-        if not self.type_weights or any(w < 0 for w in self.type_weights.values()) or sum(self.type_weights.values()) <= 0:
-            raise ValueError("seed.type_weights: weights must be non-negative with a positive sum")
-        return self
+    _weights = model_validator(mode="after")(lambda self: _check_weights(self, "seed.type_weights"))
 
 
 class LoraCfg(Strict):
@@ -184,37 +188,76 @@ class QualityCfg(Strict):
 
 
 class SynthesisCfg(Strict):
-    """Stage 06: senior generates, revisor revises once, MinHash dedup (SPEED §3.3)."""
+    """Stage 06: senior generates, revisor revises once, MinHash dedup (SPEED §3.3).
+
+    ``generator`` and ``revise`` exist for the ablation of Table 2 (junior or senior, with or
+    without the revisor); the paper's setting is senior + revisor.
+    """
 
     n_examples: PositiveInt
     type_weights: dict[TaskType, float] = PAPER_MIX
-    minhash_threshold: float = Field(0.8, gt=0, le=1)
-    temperature: float = Field(1.0, ge=0, le=2)
+    generator: Literal["senior", "junior"] = "senior"
+    revise: bool = True
+    chunk_size: PositiveInt = 32  # prompts per resumable unit (one atomically written file)
+    minhash_threshold: float = Field(0.8, gt=0, le=1)  # not stated in the paper
+    minhash_num_perm: PositiveInt = 128
+    shingle_chars: PositiveInt = 5
+    temperature: float = Field(1.0, ge=0, le=2)  # App. B: all synthesis at 1.0 / 1.0
     top_p: float = Field(1.0, gt=0, le=1)
+    revisor_temperature: float = Field(1.0, ge=0, le=2)
     max_new_tokens: PositiveInt = 800
+    revisor_max_new_tokens: PositiveInt | None = None  # default: max_new_tokens + 200 (reason + revision)
+
+    _weights = model_validator(mode="after")(lambda self: _check_weights(self, "synthesis.type_weights"))
 
 
 class EmbedderCfg(Strict):
-    """Stage 07: contrastive training (E5-mistral recipe, speed-method.md §4)."""
+    """Stage 07: contrastive training (E5-mistral recipe, speed-method.md §4; SPEED §3.3).
+
+    ``batch_size`` is the contrastive batch: every query sees all other positives and negatives in
+    it. With ``mini_batch_size`` set, the cached (GradCache) loss computes it in mini-batches, so the
+    batch can exceed what fits in memory; with ``None`` the plain loss holds the whole batch.
+    """
 
     lr: PositiveFloat = 1e-4
     batch_size: PositiveInt = 1536
+    mini_batch_size: PositiveInt | None = 32
     temperature: PositiveFloat = 0.02
     max_length: PositiveInt = 512
     epochs: PositiveFloat = 1.0
     warmup_steps: int = Field(100, ge=0)
     weight_decay: float = Field(0.1, ge=0)
+    gradient_checkpointing: bool = True
     qlora: bool = False
     lora: LoraCfg = LoraCfg()
+    baseline_finetune: bool = True  # also fine-tune models.baseline_embedder on the same data (full FT)
+    baseline_lr: PositiveFloat = 2e-5
+
+    @model_validator(mode="after")
+    def _mini(self):
+        if self.mini_batch_size is not None and self.mini_batch_size > self.batch_size:
+            raise ValueError("embedder.mini_batch_size: must not exceed embedder.batch_size")
+        return self
 
 
 class EvaluateCfg(Strict):
-    """Stage 08: MTEB evaluation."""
+    """Stage 08: MTEB evaluation. Task sources: real MTEB tasks by name (needs the Hub), local
+    MTEB-format copies in ``local_tasks_dir``, and proxy tasks built from PyPI-shipped data."""
 
     benchmark: str | None = None  # e.g. "MTEB(eng, v1)" when the Hub is reachable
     tasks: tuple[str, ...] = ()
     local_tasks_dir: str | None = None
+    local_tasks: tuple[str, ...] = ("STS12", "STS13", "STS14", "STS15", "SICK-R", "Banking77Classification",
+                                    "MSRParaphraseCorpus")
+    proxy_tasks: tuple[str, ...] = ()
+    limit: PositiveInt | None = None  # at most this many test rows per task (seeded sample), for quick runs
     batch_size: PositiveInt = 32
+
+    @model_validator(mode="after")
+    def _local_dir(self):
+        if self.local_tasks_dir and not resolve_path(self.local_tasks_dir).is_dir():
+            raise ValueError(f"evaluate.local_tasks_dir: no such folder {resolve_path(self.local_tasks_dir)}")
+        return self
 
 
 class Config(Strict):

@@ -40,6 +40,8 @@ class Stage:
     config_keys: tuple[str, ...]  # sections or dotted keys whose change invalidates the stage
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    optional_inputs: tuple[str, ...] = ()  # hashed when present (e.g. a baseline the profile may skip)
+    optional_outputs: tuple[str, ...] = ()  # recorded when the stage wrote them
 
 
 _TEACHER_KEYS = ("run.seed", "teacher.backend", "teacher.model", "teacher.structured_output")
@@ -59,14 +61,24 @@ STAGES: dict[int, Stage] = {s.number: s for s in [
           (*_TEACHER_KEYS, "models.generator", "senior.k_samples", "revisor", "quality", "generation"),
           inputs=("data/tasks.jsonl", "data/root.jsonl", "adapters/junior", "adapters/senior"),
           outputs=("data/revisions.jsonl", "data/revision_rejects.jsonl", "adapters/revisor", "data/quality.jsonl")),
+    Stage(6, "synthesis", "06_synthesis.ipynb", ("run.seed", "models.generator", "synthesis", "generation.batch_size"),
+          inputs=("data/tasks.jsonl", "adapters/junior", "adapters/senior", "adapters/revisor"),
+          outputs=("data/synthetic.jsonl", "data/synthesis_rejects.jsonl")),
+    Stage(7, "embedder", "07_embedder.ipynb", ("run.seed", "models.embedder", "models.baseline_embedder", "embedder"),
+          inputs=("data/synthetic.jsonl",), outputs=("models/embedder",), optional_outputs=("models/baseline",)),
+    Stage(8, "evaluate", "08_evaluate.ipynb",
+          ("run.seed", "models.embedder", "models.baseline_embedder", "embedder.max_length", "evaluate"),
+          inputs=("models/embedder",),
+          optional_inputs=("models/baseline",), outputs=("mteb", "data/scores.jsonl")),
 ]}
-PRODUCER = {out: s.number for s in STAGES.values() for out in s.outputs}
+PRODUCER = {out: s.number for s in STAGES.values() for out in s.outputs + s.optional_outputs}
 
 
 class StageError(RuntimeError):
     """A stage cannot start or finish; the message names the file or key at fault."""
 
 
+from .synthesis import SynthesisError  # noqa: E402
 from .teacher import TeacherError  # noqa: E402  (after StageError: teacher imports nothing from here)
 
 
@@ -74,7 +86,8 @@ from .teacher import TeacherError  # noqa: E402  (after StageError: teacher impo
 def expected_marker(run: RunPaths, cfg: Config, stage: Stage) -> dict:
     """The parts of a done marker that must match for the stage to be skipped."""
     return {"config_hash": cfg.section_hash(*stage.config_keys),
-            "inputs": {rel: sha256_path(run.root / rel) for rel in stage.inputs if (run.root / rel).exists()}}
+            "inputs": {rel: sha256_path(run.root / rel) for rel in stage.inputs + stage.optional_inputs
+                       if (run.root / rel).exists()}}
 
 
 def marker_matches(run: RunPaths, cfg: Config, stage: Stage) -> tuple[bool, str]:
@@ -111,6 +124,9 @@ class StageContext:
         atomic_write_text(self.run.config, self.cfg.to_yaml())
         for rel in self.stage.inputs:
             self._check_input(rel)
+        for rel in self.stage.optional_inputs:
+            if self.path(rel).exists():
+                self._check_input(rel)
 
     def _check_input(self, rel: str) -> None:
         path = self.run.root / rel
@@ -135,11 +151,11 @@ class StageContext:
         missing = [rel for rel in self.stage.outputs if not self.path(rel).exists()]
         if missing:
             raise StageError(f"stage {self.name} finished without writing {', '.join(missing)}")
-        outputs = [self.path(rel) for rel in self.stage.outputs]
-        update_manifest(self.run, self.stage.number, outputs)
+        written = list(self.stage.outputs) + [rel for rel in self.stage.optional_outputs if self.path(rel).exists()]
+        update_manifest(self.run, self.stage.number, [self.path(rel) for rel in written])
         marker = {"stage": self.stage.number, "name": self.stage.name, "profile": self.cfg.name,
                   **expected_marker(self.run, self.cfg, self.stage),
-                  "outputs": {rel: sha256_path(self.path(rel)) for rel in self.stage.outputs},
+                  "outputs": {rel: sha256_path(self.path(rel)) for rel in written},
                   "metrics": metrics, "seconds": round(time.monotonic() - self.t0, 1),
                   "versions": versions(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_json(self.run.marker(self.stage.number), marker)
@@ -242,6 +258,47 @@ def status(run_dir: Path, log=print) -> int:
     return 0
 
 
+def synthesize(profile: str, run_id: str | None, shard: str, runs_dir: Path | None = None, log=print) -> int:
+    """Make one shard of stage 06's chunks outside papermill (one process per machine or GPU).
+
+    Once every shard's chunk files sit in the run folder, ``run --from 6`` merges them."""
+    from . import synthesis
+
+    cfg = load_profile(profile)
+    part = synthesis.Shard.parse(shard)
+    run_paths = RunPaths.for_run(run_id or cfg.name, runs_dir)
+    for rel in STAGES[6].inputs:
+        if not (run_paths.root / rel).exists():
+            raise StageError(f"synthesis needs {run_paths.root / rel}, which stage {PRODUCER[rel]:02d} writes")
+    stats = synthesis.make_chunks(cfg, run_paths, part)
+    log(f"shard {part}: made {stats['made']} chunks, {stats['skipped']} already there, of {stats['owned']} owned "
+        f"({stats['chunks']} in all) in {run_paths.root / stats['folder']}")
+    return 0
+
+
+def estimate(profile: str, log=print) -> int:
+    """Print the teacher calls, tokens and $ a profile will need, before any money is spent."""
+    from .cost import estimate as plan, prices
+
+    cfg = load_profile(profile)
+    rows = plan(cfg)
+    table = prices()
+    log(f"profile {cfg.name}: teacher {cfg.teacher.model} ({cfg.teacher.backend}); $ at {rows[0]['priced_as']} "
+        f"prices as of {table['as_of']}; prompt tokens from the rendered prompts (~4 chars/token), "
+        "completion tokens at the max_tokens upper bound")
+    log(f"{'kind':11s} {'calls':>9s} {'prompt tok':>13s} {'completion tok':>15s} {'$ (max)':>10s}  purpose")
+    for r in rows:
+        log(f"{r['kind']:11s} {r['calls']:9,d} {r['prompt_tokens']:13,d} {r['completion_tokens_max']:15,d} "
+            f"{r['usd_max']:10,.2f}  {r['purpose']}")
+    total = {k: sum(r[k] for r in rows) for k in ("calls", "prompt_tokens", "completion_tokens_max", "usd_max")}
+    log(f"{'total':11s} {total['calls']:9,d} {total['prompt_tokens']:13,d} {total['completion_tokens_max']:15,d} "
+        f"{total['usd_max']:10,.2f}")
+    guard = cfg.teacher.max_calls
+    if guard is not None and total["calls"] > guard:
+        log(f"warning: teacher.max_calls={guard} is below the {total['calls']:,} calls planned; the run will stop there")
+    return 0
+
+
 # ---------------------------------------------------------------- command line
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="speed-repro", description="SPEED reproduction pipeline (arXiv 2410.18634)")
@@ -257,6 +314,13 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("profiles", nargs="*", help="profile names or paths (default: all in params/)")
     s = sub.add_parser("status", help="show which stages of a run folder are done")
     s.add_argument("run_dir", type=Path)
+    y = sub.add_parser("synthesize", help="make one shard of stage 06's chunks (merge: run stage 06)")
+    y.add_argument("--profile", default="cpu")
+    y.add_argument("--run-id", help="run folder name (default: the profile name)")
+    y.add_argument("--runs-dir", type=Path, default=None)
+    y.add_argument("--shard", default="0/1", help="i/n: make the chunks whose number is i modulo n")
+    e = sub.add_parser("estimate", help="pre-flight: expected teacher calls, tokens and $ of a profile")
+    e.add_argument("--profile", default="cpu")
     m = sub.add_parser("models", help="list, fetch or verify the named models")
     m.add_argument("action", choices=["list", "fetch", "verify"])
     m.add_argument("names", nargs="*")
@@ -278,11 +342,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if a.cmd == "status":
             return status(a.run_dir)
+        if a.cmd == "estimate":
+            return estimate(a.profile)
+        if a.cmd == "synthesize":
+            return synthesize(a.profile, a.run_id, a.shard, a.runs_dir)
         return _models(a.action, a.names)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (StageError, AssetError, TeacherError) as e:
+    except (StageError, AssetError, TeacherError, SynthesisError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

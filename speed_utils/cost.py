@@ -1,0 +1,177 @@
+"""Stage 10: what the teacher cost, per stage, and what it would cost at paper scale (SPEED §4.5, Table 5).
+
+The ledger has one row per teacher request (cache hits included, flagged). Each request's tag is
+its prompt id, which says what the call was for: brainstorming (``b…``), seed data (``s…``), a DPO
+judgement (``judge-…``), a revision (``rev-…``) or the quality check (``q-pair-…``). From the
+measured tokens per call of each kind, :func:`extrapolate` projects SPEED at the paper's sizes
+(25K seed, 10K judgements, 10K revisions; brainstorming not counted, as in the paper) and an
+E5-style pipeline in which the teacher writes every example.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+from .runs import REPO_ROOT, read_jsonl
+
+PRICES = REPO_ROOT / "params" / "prices.yaml"
+KINDS = ("brainstorm", "seed", "judge", "revision", "quality")
+PURPOSE = {"brainstorm": "task brainstorming (§3.2.1)", "seed": "seed data for junior SFT (§3.2.2)",
+           "judge": "best/worst judgements for DPO (§3.2.3)", "revision": "revisions for the revisor (§3.2.4)",
+           "quality": "quality check (ours, not in the paper)"}
+# Paper sizes of what the teacher writes (SPEED §4.5) and what it writes in an E5-style pipeline.
+PAPER_CALLS = {"seed": 25_000, "judge": 10_000, "revision": 10_000}
+PAPER_SYNTHETIC = 920_415  # examples after dedup (Table 6); the E5-style pipeline writes each one
+E5_EXAMPLES = 500_000
+
+
+def kind_of(tag: str) -> str:
+    """What a request was for, from its prompt id."""
+    for prefix, kind in (("judge-", "judge"), ("rev-", "revision"), ("q-pair-", "quality"), ("q-rev-", "quality")):
+        if tag.startswith(prefix):
+            return kind
+    if re.match(r"b\d", tag):
+        return "brainstorm"
+    if re.match(r"s\d", tag):
+        return "seed"
+    return "other"
+
+
+@lru_cache(maxsize=4)
+def prices(path: Path = PRICES) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def price_for(model: str, table: dict | None = None) -> tuple[str, dict]:
+    """(model priced, its $/1M input and output): the model itself if listed, else the reference model."""
+    table = table or prices()
+    per = table["per_million_tokens"]
+    priced = model if model in per else table["reference_model"]
+    return priced, per[priced]
+
+
+def dollars(prompt_tokens: float, completion_tokens: float, price: dict) -> float:
+    return (prompt_tokens * price["input"] + completion_tokens * price["output"]) / 1e6
+
+
+@dataclass
+class KindUsage:
+    kind: str
+    calls: int = 0  # requests sent (cache hits excluded)
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def per_call(self) -> tuple[float, float]:
+        n = max(self.calls, 1)
+        return self.prompt_tokens / n, self.completion_tokens / n
+
+
+def usage(ledger_rows: Iterable[dict], by: str = "kind") -> dict[str, KindUsage]:
+    """Totals per kind of call (``by="kind"``) or per stage (``by="stage"``)."""
+    out: dict[str, KindUsage] = {}
+    for r in ledger_rows:
+        key = kind_of(r.get("tag") or "") if by == "kind" else r.get("stage", "?")
+        u = out.setdefault(key, KindUsage(key))
+        if r.get("cache_hit"):
+            u.cache_hits += 1
+            continue
+        u.calls += 1
+        u.prompt_tokens += r.get("prompt_tokens") or 0
+        u.completion_tokens += r.get("completion_tokens") or 0
+    return out
+
+
+def stage_table(ledger: Path, model: str, table: dict | None = None) -> list[dict]:
+    """Calls, tokens and $ per stage, from a run's ledger."""
+    priced, price = price_for(model, table)
+    rows = []
+    for stage, u in sorted(usage(read_jsonl(ledger), by="stage").items()):
+        rows.append({"stage": stage, "calls": u.calls, "cache_hits": u.cache_hits, "prompt_tokens": u.prompt_tokens,
+                     "completion_tokens": u.completion_tokens, "usd": round(dollars(u.prompt_tokens, u.completion_tokens, price), 4),
+                     "priced_as": priced})
+    return rows
+
+
+def extrapolate(ledger: Path, model: str, table: dict | None = None) -> dict:
+    """This run's tokens per call, projected to the paper's sizes for SPEED and for an E5-style pipeline."""
+    priced, price = price_for(model, table)
+    kinds = usage(read_jsonl(ledger))
+    per_call = {k: kinds[k].per_call() for k in PAPER_CALLS if k in kinds and kinds[k].calls}
+    missing = [k for k in PAPER_CALLS if k not in per_call]
+    out: dict = {"priced_as": priced, "per_call_tokens": {k: [round(p, 1), round(c, 1)] for k, (p, c) in per_call.items()},
+                 "missing": missing}
+    if missing:
+        return out
+    speed_tokens = {k: PAPER_CALLS[k] * sum(per_call[k]) for k in PAPER_CALLS}
+    speed_usd = sum(dollars(PAPER_CALLS[k] * per_call[k][0], PAPER_CALLS[k] * per_call[k][1], price) for k in PAPER_CALLS)
+    p_seed, c_seed = per_call["seed"]
+    out["rows"] = [
+        {"pipeline": "SPEED (this run's tokens per call)", "calls": sum(PAPER_CALLS.values()),
+         "tokens": round(sum(speed_tokens.values())), "usd": round(speed_usd, 2)},
+        {"pipeline": f"E5-style, teacher writes all {PAPER_SYNTHETIC:,} examples", "calls": PAPER_SYNTHETIC,
+         "tokens": round(PAPER_SYNTHETIC * (p_seed + c_seed)),
+         "usd": round(dollars(PAPER_SYNTHETIC * p_seed, PAPER_SYNTHETIC * c_seed, price), 2)},
+        {"pipeline": f"E5-style, {E5_EXAMPLES:,} examples (E5-mistral's size)", "calls": E5_EXAMPLES,
+         "tokens": round(E5_EXAMPLES * (p_seed + c_seed)),
+         "usd": round(dollars(E5_EXAMPLES * p_seed, E5_EXAMPLES * c_seed, price), 2)},
+    ]
+    out["speed_breakdown"] = {k: {"calls": PAPER_CALLS[k], "tokens": round(speed_tokens[k])} for k in PAPER_CALLS}
+    return out
+
+
+# ---------------------------------------------------------------- pre-flight estimate
+CHARS_PER_TOKEN = 4.0  # a rough rule for English text with GPT-style tokenizers
+
+
+def estimate(cfg, table: dict | None = None) -> list[dict]:
+    """Expected teacher calls and tokens for a profile, before anything runs.
+
+    Prompt tokens come from rendering the real prompts (≈ 4 characters per token); completion
+    tokens are given as the profile's ``max_tokens`` upper bound. Judgement and revision prompts
+    embed generator outputs, counted at the generators' ``max_new_tokens``.
+    """
+    from .prompts import brainstorm_prompt, generation_prompt, judge_prompt, revision_prompt, sample_topics
+    from .config import resolve_path
+
+    b, s = cfg.brainstorm, cfg.seed
+    topics = sample_topics(min(b.n_topics, 50), cfg.run.seed, b.topic_max_depth,
+                           resolve_path(b.topics_file) if b.topics_file else None)
+    brain = [brainstorm_prompt(t, topic, i, cfg.run.seed, b.tasks_per_call).text
+             for i, topic in enumerate(topics) for t in b.types]
+    types = [t for t, w in s.type_weights.items() if w > 0]
+    seeds = [generation_prompt(types[i % len(types)], i, cfg.run.seed, task="a brainstormed task of about ten words",
+                               topic="Top/Example/Topic").text for i in range(50)]
+    gen_out = "x" * int(cfg.generation.max_new_tokens * CHARS_PER_TOKEN)
+    k = cfg.senior.k_samples
+    judge = judge_prompt(seeds[0], [gen_out] * k)
+    revise = revision_prompt(seeds[0], "a task", gen_out)
+
+    def tok(texts: list[str]) -> float:
+        return sum(len(t) for t in texts) / len(texts) / CHARS_PER_TOKEN
+
+    plan = [("brainstorm", b.n_topics * len(b.types), tok(brain), b.max_tokens),
+            ("seed", s.n_examples, tok(seeds), s.max_tokens),
+            ("judge", cfg.senior.n_prompts, tok([judge]), 400),
+            ("revision", cfg.revisor.n_examples, tok([revise]), cfg.generation.max_new_tokens + 200),
+            ("quality", 2 * cfg.quality.n_prompts, tok([judge_prompt(seeds[0], [gen_out] * 2)]), 400)]
+    priced, price = price_for(cfg.teacher.model, table)
+    rows = []
+    for kind, calls, p_tok, c_max in plan:
+        rows.append({"kind": kind, "purpose": PURPOSE[kind], "calls": calls, "prompt_tokens": round(calls * p_tok),
+                     "completion_tokens_max": calls * c_max,
+                     "usd_max": round(dollars(calls * p_tok, calls * c_max, price), 2), "priced_as": priced})
+    return rows
+
+
+__all__ = ["kind_of", "usage", "stage_table", "extrapolate", "estimate", "price_for", "dollars", "prices", "KINDS"]
