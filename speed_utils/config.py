@@ -232,6 +232,7 @@ class EmbedderCfg(Strict):
     lora: LoraCfg = LoraCfg()
     baseline_finetune: bool = True  # also fine-tune models.baseline_embedder on the same data (full FT)
     baseline_lr: PositiveFloat = 2e-5
+    train_examples: PositiveInt | None = None  # train on a seeded subset of this size (scaling, equal-size ablations)
 
     @model_validator(mode="after")
     def _mini(self):
@@ -252,11 +253,27 @@ class EvaluateCfg(Strict):
     proxy_tasks: tuple[str, ...] = ()
     limit: PositiveInt | None = None  # at most this many test rows per task (seeded sample), for quick runs
     batch_size: PositiveInt = 32
+    compare: bool = True  # also evaluate the untrained embedder and the baseline (False: the trained one only)
 
     @model_validator(mode="after")
     def _local_dir(self):
         if self.local_tasks_dir and not resolve_path(self.local_tasks_dir).is_dir():
             raise ValueError(f"evaluate.local_tasks_dir: no such folder {resolve_path(self.local_tasks_dir)}")
+        return self
+
+
+class SweepsCfg(Strict):
+    """Stage 11: sweep specs (``params/sweeps/*.yaml``) for the ablation (Table 2) and the scaling curve (§4.4)."""
+
+    ablation: str | None = None
+    scaling: str | None = None
+
+    @model_validator(mode="after")
+    def _exist(self):
+        for key in ("ablation", "scaling"):
+            value = getattr(self, key)
+            if value and not resolve_path(value).is_file():
+                raise ValueError(f"sweeps.{key}: no such sweep spec {resolve_path(value)}")
         return self
 
 
@@ -278,6 +295,7 @@ class Config(Strict):
     synthesis: SynthesisCfg
     embedder: EmbedderCfg = EmbedderCfg()
     evaluate: EvaluateCfg = EvaluateCfg()
+    sweeps: SweepsCfg = SweepsCfg()
 
     @model_validator(mode="before")
     @classmethod

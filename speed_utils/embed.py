@@ -197,12 +197,23 @@ def load_for_training(name: str, max_length: int, qlora: bool, online: bool):
     return decoder_embedder(assets.hf_folder(name, online=online), max_length, qlora), True
 
 
+def subset(rows: list[dict], n: int | None, seed: int) -> list[dict]:
+    """A seeded subset of ``n`` rows; smaller sizes are prefixes of larger ones (nested, for scaling)."""
+    import random
+
+    if n is None or n >= len(rows):
+        return rows
+    order = list(range(len(rows)))
+    random.Random(f"{seed}:train-subset").shuffle(order)
+    return [rows[i] for i in sorted(order[:n])]
+
+
 def train_stage(cfg, run) -> dict:
     """Stage 07: train the embedder (and fine-tune the baseline) on ``synthetic.jsonl``."""
     from .runs import read_jsonl
 
     ec, online = cfg.embedder, cfg.use_hub()
-    rows = list(read_jsonl(run.data / "synthetic.jsonl"))
+    rows = subset(list(read_jsonl(run.data / "synthetic.jsonl")), ec.train_examples, cfg.run.seed)
     if not rows:
         raise ValueError(f"{run.data / 'synthetic.jsonl'} holds no example; stage 06 must produce some")
     out = {}

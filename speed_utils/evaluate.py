@@ -298,10 +298,13 @@ def candidates(cfg, run) -> list[Candidate]:
     online = cfg.use_hub()
     emb, base = cfg.models.embedder, cfg.models.baseline_embedder
     out = []
+    trained = Candidate(f"{emb} + our data", f"speed-repro/{emb}-speed", str(run.models / "embedder"), "encoder", True)
+    if not cfg.evaluate.compare:
+        return [trained]
     if assets.spec(emb).kind == "causal-lm":
         out.append(Candidate(f"{emb} untrained", f"speed-repro/{emb}-untrained", assets.hf_folder(emb, online=online),
                              "decoder", True))
-    out.append(Candidate(f"{emb} + our data", f"speed-repro/{emb}-speed", str(run.models / "embedder"), "encoder", True))
+    out.append(trained)
     if base:
         out.append(Candidate(f"{base} (released)", assets.spec(base).hf_id, assets.st_folder(base, online=online),
                              "encoder", False))

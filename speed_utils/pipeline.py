@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .assets import AssetError
 from .config import Config, ConfigError, list_profiles, load_profile, profile_path
-from .runs import (REPO_ROOT, RunPaths, atomic_write_json, atomic_write_text, read_manifest, sha256_path,
+from .runs import (REPO_ROOT, RESULTS_DIR, RunPaths, atomic_write_json, atomic_write_text, read_manifest, sha256_path,
                    update_manifest, versions)
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -70,6 +70,11 @@ STAGES: dict[int, Stage] = {s.number: s for s in [
           ("run.seed", "models.embedder", "models.baseline_embedder", "embedder.max_length", "evaluate"),
           inputs=("models/embedder",),
           optional_inputs=("models/baseline",), outputs=("mteb", "data/scores.jsonl")),
+    Stage(9, "results", "09_results.ipynb", ("evaluate",), inputs=("mteb", "data/scores.jsonl"),
+          outputs=("data/results.json",)),
+    Stage(10, "cost", "10_cost.ipynb", ("teacher.backend", "teacher.model"), inputs=("ledger.jsonl",),
+          outputs=("data/cost.json",)),
+    Stage(11, "scaling", "11_scaling.ipynb", ("sweeps",), inputs=("data/scores.jsonl",), outputs=("data/sweeps.json",)),
 ]}
 PRODUCER = {out: s.number for s in STAGES.values() for out in s.outputs + s.optional_outputs}
 
@@ -299,6 +304,140 @@ def estimate(profile: str, log=print) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- sweeps
+def load_sweep(path: str | Path) -> dict:
+    """A sweep spec: ``name``, ``profile``, ``until`` (last stage), ``set`` (overrides for every point),
+    and ``points`` (name -> overrides) or ``grid`` (dotted key -> values, every combination)."""
+    import itertools
+
+    import yaml
+
+    from .config import resolve_path
+
+    path = resolve_path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such sweep spec")
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = set(spec) - {"name", "description", "profile", "until", "set", "points", "grid"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+    for key in ("name", "profile"):
+        if key not in spec:
+            raise ConfigError(f"{path}: {key}: required key is missing")
+    points = dict(spec.get("points") or {})
+    grid = spec.get("grid") or {}
+    for combo in itertools.product(*grid.values()):
+        over: dict = {}
+        for dotted, value in zip(grid, combo):
+            node = over
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        points["-".join(f"{k.split('.')[-1]}={v}" for k, v in zip(grid, combo))] = over
+    if not points:
+        raise ConfigError(f"{path}: a sweep needs points or a grid")
+    return {**spec, "path": path, "points": points, "until": spec.get("until", 8)}
+
+
+def adopt_stages(run_paths: RunPaths, cfg: Config, donors: list[RunPaths], until: int, log=print) -> list[int]:
+    """Link into ``run_paths`` every stage a donor run already made with the same config and inputs.
+
+    A stage is adopted when a donor's done marker has this point's config hash and input hashes and
+    its outputs are intact; its outputs are symlinked and its marker copied (with ``adopted_from``),
+    so the runner then skips it. Nothing is retrained and no teacher call is repeated.
+    """
+    adopted = []
+    for n in sorted(k for k in STAGES if k <= until):
+        stage = STAGES[n]
+        if marker_matches(run_paths, cfg, stage)[0]:
+            continue
+        want = expected_marker(run_paths, cfg, stage)
+        for donor in donors:
+            if not donor.marker(n).exists():
+                continue
+            mark = json.loads(donor.marker(n).read_text())
+            if (mark.get("config_hash"), mark.get("inputs")) != (want["config_hash"], want["inputs"]):
+                continue
+            if any(not (donor.root / rel).exists() or sha256_path(donor.root / rel) != h
+                   for rel, h in mark.get("outputs", {}).items()):
+                continue
+            for rel in mark["outputs"]:
+                target = run_paths.root / rel
+                if target.is_symlink() or target.is_file():
+                    target.unlink()
+                elif target.is_dir():
+                    import shutil
+
+                    shutil.rmtree(target)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink((donor.root / rel).resolve(), target)
+            manifest = read_manifest(run_paths)
+            donor_files = read_manifest(donor)["files"]
+            manifest["files"].update({rel: donor_files[rel] for rel in mark["outputs"] if rel in donor_files})
+            atomic_write_json(run_paths.manifest, manifest)
+            atomic_write_json(run_paths.marker(n), {**mark, "adopted_from": str(donor.root)})
+            adopted.append(n)
+            log(f"  stage {n:02d} {stage.name}: adopted from {donor.root}")
+            break
+    return adopted
+
+
+def sweep(spec_path: str | Path, runs_dir: Path | None = None, donor: Path | None = None, log=print) -> dict:
+    """Run every point of a sweep through the stage notebooks, reusing what points share.
+
+    Each point is a run folder ``<runs_dir>/<sweep name>/<point>`` with a generated profile that
+    ``extends`` the sweep's profile. Before a point runs, stages that ``donor`` or an earlier point
+    made with the same config and inputs are adopted (:func:`adopt_stages`), and the synthesis
+    chunk cache is shared, so variants reuse generator passes they have in common.
+    Returns a summary (also written to ``sweep.json``); raises :class:`StageError` if a point fails.
+    """
+    import yaml
+
+    from .config import _merge
+
+    spec = load_sweep(spec_path)
+    root = Path(runs_dir or RESULTS_DIR) / spec["name"]
+    profiles = {}
+    for name, over in spec["points"].items():  # validate every point before running any
+        text = yaml.safe_dump({"extends": spec["profile"], **_merge(spec.get("set") or {}, over)}, sort_keys=False)
+        prof = root / "profiles" / f"{name}.yaml"
+        if not prof.exists() or prof.read_text() != text:
+            atomic_write_text(prof, text)
+        load_profile(prof)
+        profiles[name] = prof
+    donors = [RunPaths(Path(donor))] if donor else []
+    summary = {"name": spec["name"], "spec": str(spec["path"]), "points": {}}
+    for name, prof in profiles.items():
+        cfg = load_profile(prof)
+        run_paths = RunPaths(root / name).make()
+        if donors and not (run_paths.data / "synthesis").exists():  # content-addressed: safe to share
+            (donors[0].data / "synthesis").mkdir(parents=True, exist_ok=True)
+            os.symlink((donors[0].data / "synthesis").resolve(), run_paths.data / "synthesis")
+        log(f"sweep {spec['name']}: point {name}")
+        adopted = adopt_stages(run_paths, cfg, donors, spec["until"], log)
+        t0 = time.monotonic()
+        rc = run(str(prof), run_id=name, until=spec["until"], runs_dir=root, log=log)
+        if rc != 0:
+            raise StageError(f"sweep {spec['name']}: point {name} failed; see {run_paths.logs}")
+        summary["points"][name] = {"run": str(run_paths.root), "adopted": adopted, "seconds": round(time.monotonic() - t0, 1),
+                                   "profile": str(prof)}
+        donors.append(run_paths)
+    atomic_write_json(root / "sweep.json", summary)
+    return summary
+
+
+def run_sweeps(cfg: Config, run_paths: RunPaths, log=print) -> dict:
+    """Stage 11: the profile's ablation and scaling sweeps, inside ``<run>/sweeps/``, with this run as
+    the donor of every stage the points share with it."""
+    out = {}
+    for kind in ("ablation", "scaling"):
+        spec = getattr(cfg.sweeps, kind)
+        if spec:
+            out[kind] = sweep(spec, runs_dir=run_paths.root / "sweeps", donor=run_paths.root, log=log)
+    return out
+
+
 # ---------------------------------------------------------------- command line
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="speed-repro", description="SPEED reproduction pipeline (arXiv 2410.18634)")
@@ -319,6 +458,10 @@ def _parser() -> argparse.ArgumentParser:
     y.add_argument("--run-id", help="run folder name (default: the profile name)")
     y.add_argument("--runs-dir", type=Path, default=None)
     y.add_argument("--shard", default="0/1", help="i/n: make the chunks whose number is i modulo n")
+    w = sub.add_parser("sweep", help="run a grid of profiles (ablation, scaling), reusing shared stages")
+    w.add_argument("spec", help="a sweep spec, e.g. params/sweeps/smoke-scaling.yaml")
+    w.add_argument("--runs-dir", type=Path, default=None)
+    w.add_argument("--donor", type=Path, default=None, help="a finished run whose stages points may adopt")
     e = sub.add_parser("estimate", help="pre-flight: expected teacher calls, tokens and $ of a profile")
     e.add_argument("--profile", default="cpu")
     m = sub.add_parser("models", help="list, fetch or verify the named models")
@@ -342,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if a.cmd == "status":
             return status(a.run_dir)
+        if a.cmd == "sweep":
+            sweep(a.spec, a.runs_dir, a.donor)
+            return 0
         if a.cmd == "estimate":
             return estimate(a.profile)
         if a.cmd == "synthesize":

@@ -214,5 +214,66 @@ def run_folders(mteb_dir: Path) -> dict[str, Path]:
     return out
 
 
-__all__ = ["read_result", "load_folder", "eng_v1_scores", "category_table", "table_row", "paper_rows", "deltas",
+def run_summary(run) -> dict:
+    """Stage 09: this run's tables. ``mteb`` holds MTEB(eng, v1) rows from Hub-data results only;
+    ``local`` the same layout over local and proxy tasks; ``checks`` compares the released baseline
+    with its published MTEB scores where the local data are MTEB's own."""
+    from .runs import read_jsonl
+
+    rows = list(read_jsonl(run.data / "scores.jsonl"))
+    labels = {r["model"]: r["label"] for r in rows}
+    out: dict = {"mteb": {}, "local": {}, "checks": []}
+    for model, folder in run_folders(run.mteb).items():
+        label = labels.get(model, model)
+        table = category_table(eng_v1_scores(load_folder(folder)))
+        if table["evaluated"]:
+            out["mteb"][label] = {"row": table_row(label, table), "coverage": describe_coverage(table)}
+    local_rows = [r for r in rows if r["source"] in ("local", "proxy")]
+    groups = local_groups(local_rows)
+    for label in dict.fromkeys(r["label"] for r in local_rows):
+        scores = {r["task"]: r["score"] for r in local_rows if r["label"] == label}
+        table = category_table(scores, groups)
+        out["local"][label] = {"row": table_row(label, table), "coverage": describe_coverage(table),
+                               "tasks": scores}
+    published = json.loads((REFERENCE.parent / "mteb_published.json").read_text())
+    for r in rows:
+        if r["model"] == published["model"] and r["task"] in published["scores"] and r["source"] == "local":
+            out["checks"].append({"task": r["task"], "ours": r["score"], "published": published["scores"][r["task"]],
+                                  "delta": round(r["score"] - published["scores"][r["task"]], 2)})
+    return out
+
+
+# ---------------------------------------------------------------- sweeps (stage 11)
+def sweep_rows(summary: dict) -> list[dict]:
+    """One row per sweep point: what it trained on and the trained embedder's scores.
+
+    ``avg`` is the mean main score over the point's tasks (the same tasks for every point)."""
+    from .runs import read_jsonl
+
+    out = []
+    for name, point in summary["points"].items():
+        run = Path(point["run"])
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        trained = json.loads((run / "stages" / "07.done.json").read_text())["metrics"]["embedder"]
+        synth = json.loads((run / "stages" / "06.done.json").read_text())["metrics"]
+        scores = {r["task"]: r["score"] for r in read_jsonl(run / "data" / "scores.jsonl") if r["label"].endswith("+ our data")
+                  and not r["label"].startswith(str(cfg["models"].get("baseline_embedder")))}
+        out.append({"point": name, "generator": cfg["synthesis"]["generator"], "revised": cfg["synthesis"]["revise"],
+                    "synthetic_kept": synth["kept"], "train_examples": trained["examples"],
+                    "avg": round(mean(scores.values()), 2) if scores else None, "tasks": scores,
+                    "adopted_stages": point["adopted"]})
+    return out
+
+
+def loglinear_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares ``y = a + b·log10(x)``; returns (a, b), b being the gain per tenfold data."""
+    import math
+
+    lx = [math.log10(x) for x in xs]
+    mx, my = mean(lx), mean(ys)
+    b = sum((u - mx) * (v - my) for u, v in zip(lx, ys)) / sum((u - mx) ** 2 for u in lx)
+    return my - b * mx, b
+
+
+__all__ = ["sweep_rows", "loglinear_fit", "run_summary", "read_result", "load_folder", "eng_v1_scores", "category_table", "table_row", "paper_rows", "deltas",
            "describe_coverage", "local_groups", "run_folders", "paper", "TaskScore", "CATEGORIES"]

@@ -79,17 +79,31 @@ def adapters(cfg: Config, run: RunPaths) -> tuple[Path, Path | None]:
     return writer, (run.adapters / "revisor" if cfg.synthesis.revise else None)
 
 
-def work_dir(cfg: Config, run: RunPaths) -> Path:
-    """``data/synthesis/<hash>/``: the hash covers the config and adapters that shape the chunks."""
+def _key(obj: dict) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def pass_dirs(cfg: Config, run: RunPaths) -> tuple[Path, Path | None]:
+    """Folders of the writer's chunks and of the revisor's, named by what shapes them.
+
+    ``data/synthesis/<writer key>/`` holds what the writer made; ``…/revised-<revisor key>/`` what
+    the revisor made of it. The keys hash the settings and adapters involved, so variants that
+    share a pass (senior with and without the revisor, say) share its chunks, and stale chunks are
+    never reused.
+    """
     writer, revisor = adapters(cfg, run)
     for a in (writer, revisor):
         if a is not None and not (a / "adapter_config.json").exists():
             raise SynthesisError(f"synthesis needs the adapter {a}; run stages 03-05 first")
-    h = hashlib.sha256(json.dumps({
-        "config": cfg.section_hash("run.seed", "models.generator", "synthesis", "generation.batch_size"),
-        "writer": sha256_path(writer), "revisor": sha256_path(revisor) if revisor else None,
-        "tasks": sha256_path(run.data / "tasks.jsonl")}, sort_keys=True).encode()).hexdigest()[:12]
-    return run.data / "synthesis" / h
+    s = cfg.synthesis
+    wkey = _key({"seed": cfg.run.seed, "generator": cfg.models.generator, "batch": cfg.generation.batch_size,
+                 "sampling": [s.n_examples, s.type_weights, s.chunk_size, s.temperature, s.top_p, s.max_new_tokens],
+                 "adapter": sha256_path(writer), "tasks": sha256_path(run.data / "tasks.jsonl")})
+    wdir = run.data / "synthesis" / wkey
+    if revisor is None:
+        return wdir, None
+    rkey = _key({"adapter": sha256_path(revisor), "sampling": [s.revisor_temperature, s.top_p, s.revisor_max_new_tokens]})
+    return wdir, wdir / f"revised-{rkey}"
 
 
 def chunked(items: list, size: int) -> list[list]:
@@ -100,62 +114,78 @@ def chunk_path(folder: Path, j: int) -> Path:
     return folder / f"chunk-{j:05d}.jsonl"
 
 
+def _clear_stale(folder: Path, shard: Shard) -> None:
+    """Remove temporary files of this shard's chunk writes that a kill cut short."""
+    for stale in folder.glob(".chunk-*.tmp") if folder.exists() else ():
+        if shard.owns(int(stale.name[len(".chunk-"):][:5])):
+            stale.unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------- making chunks
 def make_chunks(cfg: Config, run: RunPaths, shard: Shard = Shard(), base_model: str | None = None,
                 backend: str | None = None) -> dict:
-    """Generate every missing chunk this shard owns; return counts (made, skipped, seconds)."""
+    """Make every missing chunk this shard owns: first the writer's, then the revisor's."""
     from .align import base_model as default_base
 
-    ps = prompts(cfg, run)
-    folder = work_dir(cfg, run)
-    chunks = chunked(ps, cfg.synthesis.chunk_size)
-    for stale in folder.glob(".chunk-*.tmp") if folder.exists() else ():  # a write of ours cut by a kill
-        if shard.owns(int(stale.name[len(".chunk-"):][:5])):
-            stale.unlink(missing_ok=True)
+    s = cfg.synthesis
+    chunks = chunked(prompts(cfg, run), s.chunk_size)
+    wdir, rdir = pass_dirs(cfg, run)
     mine = [j for j in range(len(chunks)) if shard.owns(j)]
-    todo = [j for j in mine if not chunk_path(folder, j).exists()]
-    stats = {"shard": str(shard), "chunks": len(chunks), "owned": len(mine), "made": len(todo),
-             "skipped": len(mine) - len(todo), "folder": str(folder.relative_to(run.root))}
-    if not todo:
-        return {**stats, "seconds": 0.0}
-    base = base_model or default_base(cfg)
+    for d in (wdir, rdir):
+        if d is not None:
+            _clear_stale(d, shard)
+    todo_w = [j for j in mine if not chunk_path(wdir, j).exists()]
+    todo_r = [j for j in mine if rdir is not None and not chunk_path(rdir, j).exists()]
+    stats = {"shard": str(shard), "chunks": len(chunks), "owned": len(mine), "writer_made": len(todo_w),
+             "revisor_made": len(todo_r), "made": len(set(todo_w) | set(todo_r)),
+             "skipped": len(mine) - len(set(todo_w) | set(todo_r)), "folder": str(wdir.relative_to(run.root))}
+    t0, tokens = time.monotonic(), 0
+    base = base_model or default_base(cfg) if (todo_w or todo_r) else None
     writer_adapter, revisor_adapter = adapters(cfg, run)
-    bs = cfg.generation.batch_size
-    writer = Generator(base, str(writer_adapter), batch_size=bs, backend=backend)
-    revisor = Generator(base, str(revisor_adapter), batch_size=bs, backend=backend) if revisor_adapter else None
-    t0, done, valid = time.monotonic(), 0, 0
-    bar = tqdm(total=sum(len(chunks[j]) for j in todo), desc=f"06 synthesis {shard}", unit="ex",
-               mininterval=2.0, file=sys.stderr)
-    for j in todo:
-        rows = synthesize_chunk(cfg, chunks[j], j * cfg.synthesis.chunk_size, writer, revisor)
-        write_jsonl(chunk_path(folder, j), rows)  # atomic: the chunk exists whole or not at all
-        done += len(rows)
-        valid += sum(_final(r)[0] is not None for r in rows)
-        bar.update(len(rows))
-        bar.set_postfix(ex_s=f"{done / (time.monotonic() - t0):.2f}", valid=f"{valid / done:.0%}", refresh=False)
-    bar.close()
-    stats["seconds"] = round(time.monotonic() - t0, 1)
-    stats["tokens_out"] = writer.tokens_out + (revisor.tokens_out if revisor else 0)
-    return stats
+    passes = [("writer", todo_w, writer_adapter, wdir), ("revisor", todo_r, revisor_adapter, rdir)]
+    for name, todo, adapter, folder in passes:
+        if not todo:
+            continue
+        gen = Generator(base, str(adapter), batch_size=cfg.generation.batch_size, backend=backend)
+        bar = tqdm(total=sum(len(chunks[j]) for j in todo), desc=f"06 {name} {shard}", unit="ex", mininterval=2.0,
+                   file=sys.stderr)
+        done, valid, t1 = 0, 0, time.monotonic()
+        for j in todo:
+            if name == "writer":
+                rows = write_chunk(cfg, chunks[j], j * s.chunk_size, gen)
+                valid += sum(parse_example(r["task_type"], r["raw"]).ok for r in rows)
+            else:
+                rows = revise_chunk(cfg, list(read_jsonl(chunk_path(wdir, j))), gen)
+                valid += sum(parse_revision(r["task_type"], r["revisor_raw"]).ok for r in rows)
+            write_jsonl(chunk_path(folder, j), rows)  # atomic: the chunk exists whole or not at all
+            done += len(rows)
+            bar.update(len(rows))
+            bar.set_postfix(ex_s=f"{done / (time.monotonic() - t1):.2f}", valid=f"{valid / done:.0%}", refresh=False)
+        bar.close()
+        tokens += gen.tokens_out
+        del gen
+    return {**stats, "seconds": round(time.monotonic() - t0, 1), "tokens_out": tokens}
 
 
-def synthesize_chunk(cfg: Config, chunk: list[Prompt], first_index: int, writer: Generator,
-                     revisor: Generator | None) -> list[dict]:
-    """One chunk: the writer samples one example per prompt; the revisor revises each once (§3.3)."""
+def write_chunk(cfg: Config, chunk: list[Prompt], first_index: int, writer: Generator) -> list[dict]:
+    """The writer (the senior by default) samples one example per prompt (§3.3)."""
     s = cfg.synthesis
     reqs = [GenRequest(p.text, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
                        seed=request_seed(cfg.run.seed, p.id)) for p in chunk]
     raw = [o[0] for o in writer.generate(reqs, desc="writer")]
-    revised: list[str | None] = [None] * len(chunk)
-    if revisor is not None:
-        rev_reqs = [GenRequest(revision_prompt(p.text, p.task, text), temperature=s.revisor_temperature,
-                               top_p=s.top_p, max_new_tokens=s.revisor_max_new_tokens or s.max_new_tokens + REVISION_EXTRA_TOKENS,
-                               seed=request_seed(cfg.run.seed, f"rev-{p.id}")) for p, text in zip(chunk, raw)]
-        revised = [o[0] for o in revisor.generate(rev_reqs, desc="revisor")]
-    return [{"index": first_index + i, "prompt_id": p.id, "task_type": p.task_type, "task": p.task,
-             "topic": p.topic, "attributes": p.attributes, "generator": cfg.synthesis.generator,
-             "raw": text, "revisor_raw": rev}
-            for i, (p, text, rev) in enumerate(zip(chunk, raw, revised))]
+    return [{"index": first_index + i, "prompt_id": p.id, "prompt": p.text, "task_type": p.task_type, "task": p.task,
+             "topic": p.topic, "attributes": p.attributes, "generator": s.generator, "raw": text}
+            for i, (p, text) in enumerate(zip(chunk, raw))]
+
+
+def revise_chunk(cfg: Config, written: list[dict], revisor: Generator) -> list[dict]:
+    """The revisor revises each written example once (§3.3), from the same input it was trained on."""
+    s = cfg.synthesis
+    reqs = [GenRequest(revision_prompt(r["prompt"], r["task"], r["raw"]), temperature=s.revisor_temperature,
+                       top_p=s.top_p, max_new_tokens=s.revisor_max_new_tokens or s.max_new_tokens + REVISION_EXTRA_TOKENS,
+                       seed=request_seed(cfg.run.seed, f"rev-{r['prompt_id']}")) for r in written]
+    out = [o[0] for o in revisor.generate(reqs, desc="revisor")]
+    return [{"index": r["index"], "task_type": r["task_type"], "revisor_raw": text} for r, text in zip(written, out)]
 
 
 # ---------------------------------------------------------------- merge
@@ -175,14 +205,17 @@ def _final(row: dict) -> tuple[dict | None, dict]:
 
 
 def read_chunks(cfg: Config, run: RunPaths) -> list[dict]:
-    """Every chunk's rows in prompt order; a missing chunk is an error naming the shard that owes it."""
-    folder = work_dir(cfg, run)
+    """Every example's writer and revisor output, in prompt order; a missing chunk is an error."""
+    wdir, rdir = pass_dirs(cfg, run)
     n = len(chunked(list(range(cfg.synthesis.n_examples)), cfg.synthesis.chunk_size))
-    missing = [j for j in range(n) if not chunk_path(folder, j).exists()]
-    if missing:
-        raise SynthesisError(f"{len(missing)} of {n} chunks are missing in {folder} (first: {missing[0]}); "
-                             "make them with `speed-repro synthesize --shard i/n` or rerun stage 06")
-    return [row for j in range(n) for row in read_jsonl(chunk_path(folder, j))]
+    for folder in (wdir, rdir):
+        missing = [j for j in range(n) if folder is not None and not chunk_path(folder, j).exists()]
+        if missing:
+            raise SynthesisError(f"{len(missing)} of {n} chunks are missing in {folder} (first: {missing[0]}); "
+                                 "make them with `speed-repro synthesize --shard i/n` or rerun stage 06")
+    rows = [row for j in range(n) for row in read_jsonl(chunk_path(wdir, j))]
+    revised = {r["index"]: r["revisor_raw"] for j in range(n) for r in read_jsonl(chunk_path(rdir, j))} if rdir else {}
+    return [{**r, "revisor_raw": revised.get(r["index"])} for r in rows]
 
 
 def merge(cfg: Config, run: RunPaths) -> dict:

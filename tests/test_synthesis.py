@@ -110,16 +110,17 @@ def test_killed_five_times_resumes_to_the_same_rows(tmp_path, tiny_lm, adapters)
     assert kills >= 3, "the run finished too early to be interrupted"
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert chunk_rows(cfg, run) == chunk_rows(cfg, ref)
-    folder = synthesis.work_dir(cfg, run)
-    assert sorted(p.name for p in folder.iterdir()) == [f"chunk-{j:05d}.jsonl" for j in range(12)]  # no leftovers
-    for p in folder.iterdir():
-        assert p.read_bytes().endswith(b"\n")
+    wdir, rdir = synthesis.pass_dirs(cfg, run)
+    for folder in (wdir, rdir):  # no leftovers: every chunk whole, no temporary file
+        files = sorted(p.name for p in folder.iterdir() if p.is_file())
+        assert files == [f"chunk-{j:05d}.jsonl" for j in range(12)]
+        assert all((folder / f).read_bytes().endswith(b"\n") for f in files)
     assert synthesis.merge(cfg, run) == synthesis.merge(cfg, ref)
 
 
 def _planted(i: int, task_type: str, raw: str, revisor_raw: str | None, task: str = "Classify the mood.") -> dict:
-    return {"index": i, "prompt_id": f"synthesis{i:05d}-{task_type}", "task_type": task_type, "task": task,
-            "topic": "Top/X", "attributes": {}, "generator": "senior", "raw": raw, "revisor_raw": revisor_raw}
+    return {"index": i, "prompt_id": f"synthesis{i:05d}-{task_type}", "prompt": "p", "task_type": task_type,
+            "task": task, "topic": "Top/X", "attributes": {}, "generator": "senior", "raw": raw, "revisor_raw": revisor_raw}
 
 
 def test_merge_maps_validates_prefers_valid_revisions_and_dedups(tmp_path, adapters):
@@ -134,12 +135,16 @@ def test_merge_maps_validates_prefers_valid_revisions_and_dedups(tmp_path, adapt
         _planted(2, "sts", "broken {", json.dumps({"reason": "fixed", "revision": sts})),  # revisor repairs it
         _planted(3, "sts", "broken {", "also broken"),  # rejected
         _planted(4, "sts", json.dumps(sts), json.dumps({"reason": "same", "revision": sts})),  # duplicate of row 2
-        _planted(5, "short_short", json.dumps({"input": "cheap flights", "positive_document": "low-cost airfare"}), None),
+        _planted(5, "short_short", json.dumps({"input": "cheap flights", "positive_document": "low-cost airfare"}), "?"),
     ]
-    write_jsonl(synthesis.chunk_path(synthesis.work_dir(cfg, run), 0), rows)
+    wdir, rdir = synthesis.pass_dirs(cfg, run)
+    write_jsonl(synthesis.chunk_path(wdir, 0), [{k: v for k, v in r.items() if k != "revisor_raw"} for r in rows])
+    write_jsonl(synthesis.chunk_path(rdir, 0), [{"index": r["index"], "task_type": r["task_type"],
+                                                 "revisor_raw": r["revisor_raw"]} for r in rows])
     m = synthesis.merge(cfg, run)
     out = {r["id"]: r for r in read_jsonl(run.data / "synthetic.jsonl")}
     assert sorted(out) == ["syn-0000000", "syn-0000001", "syn-0000002", "syn-0000005"]
+    assert out["syn-0000005"]["revised_valid"] is False and out["syn-0000005"]["original_valid"] is True
     assert out["syn-0000000"]["negative"] == "inquiry" and out["syn-0000000"]["provenance"]["revised"] is True
     assert out["syn-0000000"]["query"] == cls["input_text"] and out["syn-0000000"]["positive"] == "complaint"
     assert out["syn-0000001"]["negative"] == "praise" and out["syn-0000001"]["provenance"]["revised"] is False
@@ -163,3 +168,17 @@ def test_shard_parsing():
 def test_edit_distance():
     assert synthesis.edit_distance({"a": "one two three"}, {"a": "one two three"}) == 0
     assert synthesis.edit_distance({"a": "one two three"}, {"a": "one TWO three"}) == pytest.approx(1 / 3)
+
+
+def test_variant_without_revisor_reuses_the_writers_chunks(tmp_path, tiny_lm, adapters):
+    with_rev = load_profile(profile(tmp_path))
+    (tmp_path / "b").mkdir()
+    without = load_profile(profile(tmp_path / "b", revise=False))
+    run = new_run(tmp_path / "r", adapters)
+    first = synthesis.make_chunks(with_rev, run, base_model=tiny_lm)
+    assert (first["writer_made"], first["revisor_made"]) == (5, 5)
+    again = synthesis.make_chunks(without, run, base_model=tiny_lm)
+    assert (again["writer_made"], again["revisor_made"], again["made"]) == (0, 0, 0)
+    rows = synthesis.read_chunks(without, run)
+    assert all(r["revisor_raw"] is None for r in rows)
+    assert [r["raw"] for r in rows] == [r["raw"] for r in synthesis.read_chunks(with_rev, run)]

@@ -1,0 +1,117 @@
+"""Stage 08's tasks and wrapper: local copies score a known toy model exactly as computed by hand."""
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+from sklearn.metrics import average_precision_score
+
+from speed_utils import assets, evaluate
+
+LOCAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "mteb_local"
+pytestmark = pytest.mark.skipif(not LOCAL.is_dir(), reason="../shared/data/mteb_local is not beside the project")
+
+
+class BagOfWords:
+    """A known toy model: hashed bag of words, 512 dimensions, L2-normalised. Not trained on anything."""
+
+    def __init__(self, lookup: dict[str, int] | None = None):
+        self.lookup = lookup  # an oracle: text -> class, embedded as a one-hot
+
+    def embed(self, text: str) -> np.ndarray:
+        v = np.zeros(512)
+        if self.lookup is not None:
+            v[self.lookup[text]] = 1.0
+            return v
+        for w in text.lower().split():
+            v[zlib.crc32(w.encode()) % 512] += 1.0
+        return v / (np.linalg.norm(v) or 1.0)
+
+    def encode(self, texts, **kw):
+        return np.stack([self.embed(t) for t in texts]).astype(np.float32)  # as real models return
+
+    def get_embedding_dimension(self):
+        return 512
+
+    def parameters(self):
+        return iter([])
+
+
+def run(task, model, tmp_path, instructions=False):
+    enc = evaluate.InstructedEncoder(model, "toy/bag-of-words", "v0", instructions, 64)
+    rows = evaluate.evaluate_model(enc, [task], tmp_path, 64)
+    return rows[0]["score"], enc
+
+
+def cos(a, b):
+    """Cosine in float32, as mteb computes it; bag-of-words similarities tie often, and float64 would
+    order some ties differently."""
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return (a * b).sum(1, dtype=np.float32)
+
+
+@pytest.mark.parametrize("name,limit", [("STS13", None), ("SICK-R", 400), ("STS15", 400)])
+def test_sts_local_task_gives_the_spearman_of_cosine(name, limit, tmp_path):
+    task = evaluate.file_task(name, LOCAL, limit=limit, seed=3)
+    task.load_data()
+    d = task.dataset["test"]
+    m = BagOfWords()
+    want = 100 * spearmanr(cos(m.encode(d["sentence1"]), m.encode(d["sentence2"])), d["score"]).statistic
+    got, _ = run(evaluate.file_task(name, LOCAL, limit=limit, seed=3), m, tmp_path)
+    assert got == pytest.approx(want, abs=0.1)  # ties among bag-of-words cosines may order differently in torch
+    assert task.metadata.name == name and task.metadata.dataset["revision"].startswith("local-")
+    if name == "STS13":
+        assert len(d) == 1500  # the whole MTEB test set
+    if name == "STS15":
+        assert all(s == s for s in d["score"])  # unscored lines were skipped
+
+
+def test_pair_classification_reports_max_ap_at_least_the_cosine_ap(tmp_path):
+    task = evaluate.file_task("MSRParaphraseCorpus", LOCAL, limit=300, seed=1)
+    task.load_data()
+    d = task.dataset["test"]
+    m = BagOfWords()
+    cos_ap = 100 * average_precision_score(d["labels"], cos(m.encode(d["sentence1"]), m.encode(d["sentence2"])))
+    got, _ = run(evaluate.file_task("MSRParaphraseCorpus", LOCAL, limit=300, seed=1), m, tmp_path)
+    assert cos_ap - 0.01 <= got <= 100 and len(d) == 300 and set(d["labels"]) == {0, 1}
+
+
+def test_classification_separates_an_oracle_from_a_constant(tmp_path):
+    task = evaluate.file_task("Banking77Classification", LOCAL, limit=200)
+    task.load_data()
+    lookup = {t: lab for split in task.dataset.values() for t, lab in zip(split["text"], split["label"])}
+    oracle, _ = run(evaluate.file_task("Banking77Classification", LOCAL, limit=200), BagOfWords(lookup), tmp_path / "a")
+    constant, _ = run(evaluate.file_task("Banking77Classification", LOCAL, limit=200),
+                      BagOfWords({t: 0 for t in lookup}), tmp_path / "b")
+    assert oracle == 100.0 and constant < 10.0 and len(set(lookup.values())) == 77
+
+
+def test_lee_proxy_task_from_the_gensim_wheel(tmp_path):
+    folder = assets.data_folder("gensim-test-data")
+    task = evaluate.file_task("LeeDocSTS", folder)
+    task.load_data()
+    d = task.dataset["test"]
+    assert len(d) == 1225 and 0 <= min(d["score"]) and max(d["score"]) <= 1
+    m = BagOfWords()
+    want = 100 * spearmanr(cos(m.encode(d["sentence1"]), m.encode(d["sentence2"])), d["score"]).statistic
+    got, _ = run(evaluate.file_task("LeeDocSTS", folder), m, tmp_path)
+    assert got == pytest.approx(want, abs=0.1)
+
+
+def test_instructions_go_on_queries_only_for_retrieval():
+    enc = evaluate.InstructedEncoder(BagOfWords(), "toy/bow", "v0", True)
+    assert enc.format(["q"], "SciFact", "Retrieval", "query") == [
+        "Instruct: Given a scientific claim, retrieve documents that support or refute the claim\nQuery: q"]
+    assert enc.format(["d"], "SciFact", "Retrieval", "document") == ["d"]
+    assert enc.format(["s"], "STS13", "STS", None) == ["Instruct: Retrieve semantically similar text.\nQuery: s"]
+    assert enc.format(["x"], "SomeNewTask", "Clustering", None)[0].startswith("Instruct: Identify the topic")
+    plain = evaluate.InstructedEncoder(BagOfWords(), "toy/bow", "v0", False)
+    assert plain.format(["s"], "STS13", "STS", None) == ["s"]
+
+
+def test_wrapper_passes_instructions_to_the_model_during_mteb(tmp_path):
+    _, enc = run(evaluate.file_task("STS13", LOCAL, limit=20), BagOfWords(), tmp_path, instructions=True)
+    assert enc.seen and all(text.startswith("Instruct: Retrieve semantically similar text.\nQuery: ")
+                            for _, _, text in enc.seen)
