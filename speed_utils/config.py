@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -405,6 +406,11 @@ def load_profile(profile: str | Path) -> Config:
     return _validate(merged, chain)
 
 
+def key_owner(profile: str | Path, loc: tuple[str, ...]) -> Path:
+    """The file in a profile's ``extends`` chain that sets the key at ``loc`` (for error messages)."""
+    return _owner(_chain(profile_path(profile)), loc)
+
+
 def load_run_config(path: Path) -> Config:
     """Load the resolved ``config.yaml`` a runner wrote into a run folder."""
     return _validate(_read(path), [(path, _read(path))])
@@ -419,6 +425,10 @@ def _validate(merged: dict, chain: list[tuple[Path, dict]]) -> Config:
             loc = tuple(str(x) for x in err["loc"])
             key = ".".join(loc) or "(top level)"
             msg = err["msg"]
+            named = re.match(r"Value error, ([\w.]+): (.*)", msg, re.S) if err["type"] == "value_error" else None
+            if named and named.group(1).startswith(key.split(".")[0]):  # our validators name their key
+                key, msg = named.group(1), named.group(2)
+                loc = tuple(key.split("."))
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling; see speed_utils/config.py for the schema)"
             elif err["type"] == "missing":

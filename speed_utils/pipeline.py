@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .assets import AssetError
 from .config import Config, ConfigError, list_profiles, load_profile, profile_path
-from .runs import (REPO_ROOT, RESULTS_DIR, RunPaths, atomic_write_json, atomic_write_text, read_manifest, sha256_path,
+from .runs import (LOCK_ENV, REPO_ROOT, RESULTS_DIR, RunLock, RunLocked, RunPaths, atomic_write_json, atomic_write_text,
+                   read_manifest, sha256_path, verify_files,
                    update_manifest, versions)
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -126,6 +127,7 @@ class StageContext:
         self.stage = STAGES[stage]
         self.cfg = load_profile(profile)
         self.run = RunPaths(Path(run_dir).resolve()).make()
+        self.lock = RunLock(self.run.root).acquire()  # a no-op under the runner, which holds it
         atomic_write_text(self.run.config, self.cfg.to_yaml())
         for rel in self.stage.inputs:
             self._check_input(rel)
@@ -164,6 +166,7 @@ class StageContext:
                   "metrics": metrics, "seconds": round(time.monotonic() - self.t0, 1),
                   "versions": versions(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_json(self.run.marker(self.stage.number), marker)
+        self.lock.release()
         return marker
 
 
@@ -189,13 +192,52 @@ def _stage_files(notebooks_dir: Path) -> dict[int, Path]:
 def run(profile: str, run_id: str | None = None, start: int = 0, until: int | None = None,
         force: bool = False, notebooks_dir: Path = NOTEBOOKS_DIR, runs_dir: Path | None = None,
         log=print) -> int:
-    """Execute the stage notebooks in order; return a process exit code."""
+    """Execute the stage notebooks in order; return a process exit code (3: the run folder is in use)."""
+    cfg = load_profile(profile)  # validate before anything is created
+    prof = profile_path(profile)
+    preflight(cfg, prof)
+    run_paths = RunPaths.for_run(run_id or cfg.name, runs_dir).make()
+    try:
+        lock = RunLock(run_paths.root).acquire()
+    except RunLocked as e:
+        log(f"error: {e}")
+        return 3
+    previous = os.environ.get(LOCK_ENV)
+    try:
+        os.environ[LOCK_ENV] = str(run_paths.root.resolve())  # the stage kernels inherit it
+        return _run_stages(cfg, prof, run_paths, start, until, force, notebooks_dir, log)
+    finally:
+        if previous is None:
+            os.environ.pop(LOCK_ENV, None)
+        else:
+            os.environ[LOCK_ENV] = previous
+        lock.release()
+
+
+def preflight(cfg: Config, prof: Path) -> None:
+    """Checks that need this machine, not just the file: QLoRA asked for without CUDA and bitsandbytes."""
+    import importlib.util
+
+    from .config import key_owner
+
+    wants = [k for k in ("junior", "senior", "revisor", "embedder") if getattr(cfg, k).qlora]
+    if not wants:
+        return
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"):
+        return
+    missing = "CUDA" if not torch.cuda.is_available() else "bitsandbytes"
+    raise ConfigError("\n  ".join(
+        [f"this machine cannot run QLoRA (no {missing}); on the CPU, 4-bit training gives silently wrong gradients:"]
+        + [f"{key_owner(prof, (k, 'qlora'))}: {k}.qlora: set it to false to train plain LoRA here" for k in wants]))
+
+
+def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until: int | None, force: bool,
+                notebooks_dir: Path, log) -> int:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    cfg = load_profile(profile)  # validate before anything is created
-    prof = profile_path(profile)
-    run_paths = RunPaths.for_run(run_id or cfg.name, runs_dir).make()
     atomic_write_text(run_paths.config, cfg.to_yaml())
     files = _stage_files(notebooks_dir)
     todo = [n for n in sorted(files) if n >= start and (until is None or n <= until)]
@@ -246,6 +288,28 @@ def run(profile: str, run_id: str | None = None, start: int = 0, until: int | No
         log(f"{label}: done in {time.monotonic() - t0:.1f}s  {json.dumps(metrics)[:300]}")
     log(f"finished: {run_paths.root}")
     return 0
+
+
+def verify(run_dir: Path, log=print) -> int:
+    """Check a run folder against its manifest and done markers; print each problem; 1 if any."""
+    run_paths = RunPaths(Path(run_dir))
+    if not run_paths.config.exists():
+        log(f"{run_dir}: not a run folder (no config.yaml)")
+        return 2
+    from .config import load_run_config
+
+    cfg = load_run_config(run_paths.config)
+    problems = verify_files(run_paths)
+    for n, stage in STAGES.items():
+        if run_paths.marker(n).exists():
+            ok, why = marker_matches(run_paths, cfg, stage)
+            if not ok:
+                problems.append(f"stages/{n:02d}.done.json: {why}")
+    for p in problems:
+        log(f"problem: {p}")
+    log(f"{run_dir}: {len(problems)} problem(s)" if problems else f"{run_dir}: ok "
+        f"({len(read_manifest(run_paths)['files'])} files, {sum(run_paths.marker(n).exists() for n in STAGES)} stages done)")
+    return 1 if problems else 0
 
 
 def status(run_dir: Path, log=print) -> int:
@@ -464,6 +528,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--donor", type=Path, default=None, help="a finished run whose stages points may adopt")
     e = sub.add_parser("estimate", help="pre-flight: expected teacher calls, tokens and $ of a profile")
     e.add_argument("--profile", default="cpu")
+    f = sub.add_parser("verify", help="check a run folder against its manifest and done markers")
+    f.add_argument("run_dir", type=Path)
     m = sub.add_parser("models", help="list, fetch or verify the named models")
     m.add_argument("action", choices=["list", "fetch", "verify"])
     m.add_argument("names", nargs="*")
@@ -485,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if a.cmd == "status":
             return status(a.run_dir)
+        if a.cmd == "verify":
+            return verify(a.run_dir)
         if a.cmd == "sweep":
             sweep(a.spec, a.runs_dir, a.donor)
             return 0
@@ -496,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (StageError, AssetError, TeacherError, SynthesisError) as e:
+    except (StageError, AssetError, TeacherError, SynthesisError, RunLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

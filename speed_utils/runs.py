@@ -217,3 +217,90 @@ def update_manifest(run: RunPaths, stage: int, outputs: Iterable[Path]) -> dict:
     manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_json(run.manifest, manifest)
     return manifest
+
+
+# ---------------------------------------------------------------- one writer per run folder
+LOCK_ENV = "SPEED_REPRO_LOCKED_RUN"  # set by the runner for its stage kernels: the lock is already held
+
+
+class RunLocked(RuntimeError):
+    """Another process holds the run folder's lock."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder (``<run>/.lock``): two runners never write to one run.
+
+    The lock is an ``flock`` on the file, so it dies with its process (a SIGKILL frees it); the file
+    names the holder's pid and start time for the error message.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.path = self.root / ".lock"
+        self._fh = None
+
+    def acquire(self) -> "RunLock":
+        if os.environ.get(LOCK_ENV) == str(self.root.resolve()):
+            return self  # our runner holds it for us
+        self.root.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown process"
+            fh.close()
+            raise RunLocked(f"{self.root} is being written by another runner ({holder}); wait for it to finish, "
+                            "or give this run another --run-id") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S')}")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# ---------------------------------------------------------------- verification
+def partial_jsonl(path: Path) -> str | None:
+    """Why a JSONL file is damaged (a cut last line, a row that is not JSON), or None."""
+    data = Path(path).read_bytes()
+    if data and not data.endswith(b"\n"):
+        return "ends in a partial line"
+    for number, line in enumerate(data.splitlines(), 1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except ValueError:
+                return f"line {number} is not JSON"
+    return None
+
+
+def verify_files(run: RunPaths) -> list[str]:
+    """Problems with a run folder's files against its manifest: missing, changed, wrong row count, damaged."""
+    problems = []
+    for rel, info in sorted(read_manifest(run)["files"].items()):
+        path = run.root / rel
+        if not path.exists():
+            problems.append(f"{rel}: missing (stage {info.get('stage')} wrote it)")
+            continue
+        if sha256_path(path) != info["sha256"]:
+            problems.append(f"{rel}: sha256 differs from the manifest (modified or damaged after stage {info.get('stage')})")
+        if "rows" in info and path.is_file() and count_lines(path) != info["rows"]:
+            problems.append(f"{rel}: {count_lines(path)} rows, the manifest says {info['rows']}")
+    for f in sorted(run.root.rglob("*.jsonl")):
+        if ".tmp" not in f.name and (why := partial_jsonl(f)):
+            problems.append(f"{f.relative_to(run.root)}: {why}")
+    return problems
+

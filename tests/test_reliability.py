@@ -1,0 +1,123 @@
+"""Issue 7: bad params (hypothesis), QLoRA without CUDA, the run-folder lock, verify, truncated replies."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from speed_utils import pipeline
+from speed_utils.config import ConfigError, load_profile
+from speed_utils.runs import RunLock, RunLocked, RunPaths, append_jsonl, update_manifest, write_jsonl
+
+SMOKE = load_profile("smoke").model_dump(mode="json")
+# (dotted key, a bad value, words the error must contain)
+NUMERIC = [("seed.n_examples", "int"), ("senior.n_prompts", "int"), ("revisor.n_examples", "int"),
+           ("synthesis.n_examples", "int"), ("embedder.batch_size", "int"), ("generation.batch_size", "int"),
+           ("brainstorm.n_topics", "int"), ("junior.lr", "float"), ("embedder.temperature", "float"),
+           ("teacher.max_calls", "int"), ("synthesis.chunk_size", "int"), ("evaluate.batch_size", "int")]
+PATHS = ["brainstorm.topics_file", "evaluate.local_tasks_dir", "sweeps.scaling"]
+SECTIONS = [k for k, v in SMOKE.items() if isinstance(v, dict)]
+
+
+def _set(data: dict, dotted: str, value) -> dict:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return data
+
+
+bad_params = st.one_of(
+    st.tuples(st.just("wrong type"), st.sampled_from([k for k, _ in NUMERIC]),
+              st.sampled_from(["many", [1, 2], {"a": 1}, "1e3x"])),
+    st.tuples(st.just("negative"), st.sampled_from([k for k, _ in NUMERIC]), st.integers(-10**6, 0)),
+    st.tuples(st.just("unknown key"), st.sampled_from(SECTIONS),
+              st.text("abcdefghijklmnopqrstuvwxyz_", min_size=3, max_size=12)),
+    st.tuples(st.just("missing path"), st.sampled_from(PATHS), st.text("abcdefgh/", min_size=1, max_size=10)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=bad_params)
+def test_generated_bad_params_name_the_file_and_the_key(case, tmp_path_factory):
+    kind, key, value = case
+    folder = tmp_path_factory.mktemp("bad")
+    data = {"extends": "smoke"}
+    if kind == "unknown key":
+        current = SMOKE[key]
+        if value in current:
+            return  # a real key: not a bad case
+        _set(data, f"{key}.{value}", 1)
+        dotted = f"{key}.{value}"
+    elif kind == "missing path":
+        _set(data, key, f"no/such/{value}.yaml")
+        dotted = key
+    else:
+        _set(data, key, value)
+        dotted = key
+    path = folder / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as e:
+        load_profile(path)
+    assert f"{path}: {dotted}" in str(e.value), str(e.value)
+
+
+def test_qlora_without_cuda_fails_before_a_run_folder_exists(tmp_path):
+    prof = tmp_path / "q.yaml"
+    prof.write_text(yaml.safe_dump({"extends": "smoke", "junior": {"qlora": True}, "embedder": {"qlora": True}}))
+    with pytest.raises(ConfigError) as e:
+        pipeline.run(str(prof), runs_dir=tmp_path / "runs")
+    assert f"{prof}: junior.qlora" in str(e.value) and f"{prof}: embedder.qlora" in str(e.value)
+    assert "no CUDA" in str(e.value) and not (tmp_path / "runs").exists()
+    assert pipeline.main(["run", "--profile", str(prof), "--runs-dir", str(tmp_path / "runs")]) == 2
+
+
+def test_second_runner_on_the_same_run_folder_exits_with_a_clear_message(tmp_path):
+    lines = []
+    with RunLock(tmp_path / "runs" / "busy"):
+        rc = pipeline.run("smoke", run_id="busy", runs_dir=tmp_path / "runs", log=lines.append)
+        with pytest.raises(RunLocked, match="being written by another runner"):
+            RunLock(tmp_path / "runs" / "busy").acquire()
+    assert rc == 3 and "being written by another runner (pid" in lines[-1]
+    RunLock(tmp_path / "runs" / "busy").acquire().release()  # free again once the holder is gone
+
+
+def test_verify_reports_each_problem(tmp_path, capsys):
+    run = RunPaths(tmp_path / "run").make()
+    (run.root / "config.yaml").write_text(load_profile("smoke").to_yaml())
+    write_jsonl(run.data / "seed.jsonl", [{"i": i} for i in range(5)])
+    (run.adapters / "junior").mkdir(parents=True)
+    (run.adapters / "junior" / "adapter_model.safetensors").write_bytes(b"weights")
+    (run.adapters / "junior" / "adapter_config.json").write_text("{}")
+    update_manifest(run, 2, [run.data / "seed.jsonl", run.adapters / "junior"])
+    append_jsonl(run.ledger, [{"a": 1}])
+    assert pipeline.verify(run.root) == 0
+    with open(run.data / "seed.jsonl", "r+b") as f:  # truncate mid-row
+        f.truncate(f.seek(0, 2) - 3)
+    (run.adapters / "junior" / "adapter_model.safetensors").unlink()
+    with open(run.ledger, "ab") as f:
+        f.write(b'{"cut": ')
+    lines = []
+    assert pipeline.verify(run.root, log=lines.append) == 1
+    text = "\n".join(lines)
+    assert "data/seed.jsonl: sha256 differs" in text and "data/seed.jsonl: 4 rows, the manifest says 5" in text
+    assert "adapters/junior: sha256 differs" in text and "ledger.jsonl: ends in a partial line" in text
+    assert "data/seed.jsonl: ends in a partial line" in text and text.endswith("5 problem(s)")
+
+
+def test_truncated_teacher_completion_is_a_counted_reject(smoke_cfg, run_paths, make_teacher):
+    from fakes import FakeTeacher
+
+    from speed_utils.prompts import generation_prompt
+    from speed_utils.teacher_data import ask_teacher
+    from speed_utils.schema import parse_example
+
+    with FakeTeacher(default=lambda body: ("ok", '{"S1": "a cat sat", "S2": "a cat is sitt', "length")) as fake:
+        teacher = make_teacher(fake.base_url)
+        p = generation_prompt("sts", 0, 0, topic="Top/Pets")
+        kept, rejects = ask_teacher(teacher, [p], smoke_cfg.seed, 0, "t",
+                                    parse=lambda p, r: parse_example(p.task_type, r.content, r.finish_reason))
+    assert kept == [] and rejects[0]["reason"] == "truncated" and rejects[0]["finish_reason"] == "length"
