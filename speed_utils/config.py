@@ -141,6 +141,7 @@ class TrainCfg(Strict):
 
     lr: PositiveFloat
     batch_size: PositiveInt
+    micro_batch_size: PositiveInt | None = None  # per device; None: 4 on the CPU, the whole batch on a GPU
     epochs: PositiveFloat = 1.0
     max_length: PositiveInt = 2048  # tokens of prompt + completion
     qlora: bool = False

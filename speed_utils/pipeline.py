@@ -345,6 +345,25 @@ def synthesize(profile: str, run_id: str | None, shard: str, runs_dir: Path | No
     return 0
 
 
+def plan_memory(profile: str, log=print) -> int:
+    """Print the memory planner's table for a profile (estimates; see speed_utils/plan.py)."""
+    from .plan import GPUS, plan, table
+
+    cfg = load_profile(profile)
+    rows = table(plan(cfg))
+    if not rows:
+        log(f"profile {cfg.name}: no model with a known architecture to plan")
+        return 0
+    log(f"profile {cfg.name}: estimated peak GPU memory per stage (GiB, incl. 1 GiB CUDA overhead); "
+        "a stage fits a GPU when the total is within 95% of it")
+    cols = [c for c in rows[0] if c not in GPUS]
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols + list(GPUS)}
+    log("  ".join(c.ljust(widths[c]) for c in cols + list(GPUS)))
+    for r in rows:
+        log("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols + list(GPUS)))
+    return 0
+
+
 def estimate(profile: str, log=print) -> int:
     """Print the teacher calls, tokens and $ a profile will need, before any money is spent."""
     from .cost import estimate as plan, prices
@@ -526,6 +545,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("spec", help="a sweep spec, e.g. params/sweeps/smoke-scaling.yaml")
     w.add_argument("--runs-dir", type=Path, default=None)
     w.add_argument("--donor", type=Path, default=None, help="a finished run whose stages points may adopt")
+    pl = sub.add_parser("plan", help="estimated peak GPU memory per stage, and which GPUs it fits")
+    pl.add_argument("--profile", default="gpu-24gb")
     e = sub.add_parser("estimate", help="pre-flight: expected teacher calls, tokens and $ of a profile")
     e.add_argument("--profile", default="cpu")
     f = sub.add_parser("verify", help="check a run folder against its manifest and done markers")
@@ -556,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "sweep":
             sweep(a.spec, a.runs_dir, a.donor)
             return 0
+        if a.cmd == "plan":
+            return plan_memory(a.profile)
         if a.cmd == "estimate":
             return estimate(a.profile)
         if a.cmd == "synthesize":

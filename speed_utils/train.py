@@ -48,6 +48,13 @@ def lora_config(c: LoraCfg, task_type: str = "CAUSAL_LM"):
                       task_type=task_type, bias="none")
 
 
+def devices() -> int:
+    """Processes in this training run (``accelerate launch`` sets WORLD_SIZE), 1 otherwise."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def batch_plan(batch_size: int, devices: int = 1, micro: int | None = None) -> tuple[int, int]:
     """(per-device batch, gradient accumulation) so that their product times devices >= batch_size."""
     micro = min(batch_size, micro or (batch_size if cuda_available() else MICRO_BATCH_CPU))
@@ -97,7 +104,7 @@ def step_logger():
 def trainer_args(tc: TrainCfg, out_dir: Path, seed: int, qlora: bool, **extra) -> dict:
     """Arguments shared by SFTConfig and DPOConfig, with bf16/checkpointing set explicitly."""
     on_gpu = cuda_available()
-    micro, accum = batch_plan(tc.batch_size)
+    micro, accum = batch_plan(tc.batch_size, devices(), tc.micro_batch_size)
     return dict(output_dir=str(out_dir), learning_rate=tc.lr, per_device_train_batch_size=micro,
                 gradient_accumulation_steps=accum, num_train_epochs=tc.epochs, seed=seed,
                 bf16=on_gpu, fp16=False, gradient_checkpointing=on_gpu, use_cpu=not on_gpu,
