@@ -264,6 +264,35 @@ class EvaluateCfg(Strict):
         return self
 
 
+class DistributedCfg(Strict):
+    """How the training stages run: in the notebook's process (default) or through ``accelerate launch``
+    (DDP or DeepSpeed ZeRO-3 configs in ``params/accelerate/``; SPEED App. B used ZeRO-3 on 16 GPUs)."""
+
+    launcher: Literal["python", "accelerate"] = "python"
+    accelerate_config: str | None = None
+    num_processes: PositiveInt = 1  # processes per machine (one per GPU), for the embedder
+    num_machines: PositiveInt = 1
+    generator_processes: PositiveInt | None = None  # GPUs of one machine for the generator trainings (default: all)
+
+    @model_validator(mode="after")
+    def _config(self):
+        if self.launcher == "accelerate" and not self.accelerate_config:
+            raise ValueError("distributed.accelerate_config: required when distributed.launcher is 'accelerate'")
+        if self.accelerate_config and not resolve_path(self.accelerate_config).is_file():
+            raise ValueError(f"distributed.accelerate_config: no such file {resolve_path(self.accelerate_config)}")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.num_processes * self.num_machines
+
+    def processes(self, stage: str) -> tuple[int, int]:
+        """(processes, machines) for a training stage: generators on one machine when so set."""
+        if stage != "embedder" and self.generator_processes:
+            return self.generator_processes, 1
+        return self.world_size, self.num_machines
+
+
 class SweepsCfg(Strict):
     """Stage 11: sweep specs (``params/sweeps/*.yaml``) for the ablation (Table 2) and the scaling curve (§4.4)."""
 
@@ -298,6 +327,7 @@ class Config(Strict):
     embedder: EmbedderCfg = EmbedderCfg()
     evaluate: EvaluateCfg = EvaluateCfg()
     sweeps: SweepsCfg = SweepsCfg()
+    distributed: DistributedCfg = DistributedCfg()
 
     @model_validator(mode="before")
     @classmethod

@@ -14,6 +14,7 @@ the pooling, the appended EOS and a default query prompt inside. The LoRA weight
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -142,10 +143,13 @@ def contrastive_loss(st, ec: EmbedderCfg):
     from sentence_transformers.sentence_transformer.losses import (CachedMultipleNegativesRankingLoss,
                                                                    MultipleNegativesRankingLoss)
 
-    scale = 1.0 / ec.temperature
+    from .train import devices
+
+    scale, gather = 1.0 / ec.temperature, devices() > 1  # several devices: every query sees every device's texts
     if ec.mini_batch_size:
-        return CachedMultipleNegativesRankingLoss(st, scale=scale, mini_batch_size=ec.mini_batch_size), "cached-infonce"
-    return MultipleNegativesRankingLoss(st, scale=scale), "infonce"
+        return CachedMultipleNegativesRankingLoss(st, scale=scale, mini_batch_size=ec.mini_batch_size,
+                                                  gather_across_devices=gather), "cached-infonce"
+    return MultipleNegativesRankingLoss(st, scale=scale, gather_across_devices=gather), "infonce"
 
 
 def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, seed: int = 0,
@@ -154,14 +158,15 @@ def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, s
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers, MultiDatasetBatchSamplers
 
-    from .train import cuda_available, step_logger
+    from .train import cuda_available, devices, step_logger
 
     t0 = time.monotonic()
     trainable = add_lora(st, ec.lora) if lora else sum(p.numel() for p in st.parameters() if p.requires_grad)
     loss, loss_name = contrastive_loss(st, ec)
     on_gpu = cuda_available()
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(out_dir.with_name(out_dir.name + ".trainer")), per_device_train_batch_size=ec.batch_size,
+        output_dir=str(out_dir.with_name(out_dir.name + ".trainer")),
+        per_device_train_batch_size=math.ceil(ec.batch_size / devices()),
         num_train_epochs=ec.epochs, learning_rate=lr or ec.lr, warmup_steps=ec.warmup_steps,
         weight_decay=ec.weight_decay, lr_scheduler_type="linear", seed=seed, data_seed=seed,
         batch_sampler=BatchSamplers.NO_DUPLICATES, multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL,
