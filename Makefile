@@ -11,7 +11,7 @@ SHELL   := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 QUIET   := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: setup run smoke test test-fast validate clean-venv
+.PHONY: setup run smoke test test-fast validate bench stress clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ test: setup
 ## only the fast tests (no model, no server, no papermill)
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+## benchmarks: each measures both sides of a ratio in one run, then one table (heavy; not part of CI)
+bench: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py
+
+## crash-resume stress: 10 SIGKILLs in stages 02, 04, 06, compared with an uninterrupted run
+stress: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/stress.py
 
 validate: setup
 	$(BIN)/speed-repro validate

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .assets import AssetError
 from .config import Config, ConfigError, list_profiles, load_profile, profile_path
-from .runs import (LOCK_ENV, REPO_ROOT, RESULTS_DIR, RunLock, RunLocked, RunPaths, atomic_write_json, atomic_write_text,
+from .runs import (LOCK_ENV, REPO_ROOT, RESULTS_DIR, RunLock, RunLocked, RunPaths, append_jsonl, atomic_write_json,
+                   atomic_write_text,
                    read_manifest, sha256_path, verify_files,
                    update_manifest, versions)
 
@@ -284,8 +285,12 @@ def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until:
             log(f"{label}: FAILED: the notebook ran but its done marker does not match ({why}); "
                 f"see {out_nb}")
             return 1
-        metrics = json.loads(run_paths.marker(n).read_text())["metrics"]
-        log(f"{label}: done in {time.monotonic() - t0:.1f}s  {json.dumps(metrics)[:300]}")
+        marker = json.loads(run_paths.marker(n).read_text())
+        wall = time.monotonic() - t0
+        append_jsonl(run_paths.logs / "timings.jsonl", [{"stage": n, "name": stage.name, "wall_s": round(wall, 2),
+                                                         "in_kernel_s": marker["seconds"], "profile": cfg.name,
+                                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}])
+        log(f"{label}: done in {wall:.1f}s  {json.dumps(marker['metrics'])[:300]}")
     log(f"finished: {run_paths.root}")
     return 0
 

@@ -1,0 +1,98 @@
+"""`make stress`: SIGKILL the runner at seeded random moments in stages 02, 04 and 06, rerun each time,
+and compare the final outputs with an uninterrupted run of the same profile and seed.
+
+Checks: every output file equal row for row; no teacher request sent twice (ledger); no file holding a
+partial line (speed-repro verify). Prints the counts the issue asks for. The profile is smoke with one
+llama.cpp slot, so that teacher replies do not depend on how requests share a batch.
+Usage: python benchmarks/stress.py [--kills 4,3,3] [--seed 0] [--keep DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+OUTPUTS = ["data/tasks.jsonl", "data/seed.jsonl", "data/rejects.jsonl", "data/root.jsonl", "data/prefs.jsonl",
+           "data/prefs_rejects.jsonl", "data/revisions.jsonl", "data/synthetic.jsonl", "data/synthesis_rejects.jsonl"]
+
+
+def cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "speed_utils.pipeline", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, **kw)
+
+
+def starts(run: Path, stage: int) -> int:
+    logs = list((run / "logs").glob(f"{stage:02d}_*.stdout.log"))
+    return logs[0].read_text().count(f"stage {stage:02d} ====") if logs else 0
+
+
+def rows(path: Path) -> list:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kills", default="4,3,3", help="kills during stages 02, 04, 06")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", type=Path, default=None)
+    a = ap.parse_args()
+    root = a.keep or Path(tempfile.mkdtemp(prefix="stress-"))
+    prof = root / "stress.yaml"
+    prof.parent.mkdir(parents=True, exist_ok=True)
+    prof.write_text(yaml.safe_dump({"extends": "smoke", "teacher": {"n_parallel": 1, "max_concurrency": 1},
+                                    "seed": {"n_examples": 16}, "senior": {"n_prompts": 6},
+                                    "synthesis": {"n_examples": 24, "chunk_size": 3}}))
+    runs = root / "runs"
+    base = ["run", "--profile", str(prof), "--runs-dir", str(runs), "--until", "6"]
+    t0 = time.monotonic()
+    assert cli(*base, "--run-id", "ref").wait() == 0, "the uninterrupted run failed"
+    ref_s = time.monotonic() - t0
+    rng = random.Random(a.seed)
+    killed, plan = runs / "killed", dict(zip((2, 4, 6), (int(k) for k in a.kills.split(","))))
+    kills = []
+    for stage, n in plan.items():
+        for _ in range(n):
+            before = starts(killed, stage)
+            proc = cli(*base, "--run-id", "killed")
+            while starts(killed, stage) == before and proc.poll() is None:
+                time.sleep(0.2)
+            if proc.poll() is not None:
+                continue  # finished before reaching the stage: no kill to make
+            delay = rng.uniform(1.0, 12.0)
+            time.sleep(delay)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                kills.append({"stage": stage, "after_s": round(delay, 1)})
+            time.sleep(0.5)
+    assert cli(*base, "--run-id", "killed").wait() == 0, "the resumed run failed"
+    lost = differing = 0
+    for rel in OUTPUTS:
+        want, got = rows(runs / "ref" / rel), rows(killed / rel)
+        differing += want != got
+        lost += len([r for r in want if r not in got])
+    ledger = [r for r in rows(killed / "ledger.jsonl") if not r["cache_hit"]]
+    keys = [r["key"] for r in ledger]
+    verify = subprocess.run([sys.executable, "-m", "speed_utils.pipeline", "verify", str(killed)], cwd=REPO,
+                            capture_output=True, text=True)
+    summary = {"kills": len(kills), "kills_by_stage": {s: sum(k["stage"] == s for k in kills) for s in plan},
+               "outputs_compared": len(OUTPUTS), "outputs_differing": differing, "rows_lost": lost,
+               "requests_repeated": len(keys) - len(set(keys)), "teacher_calls": len(keys),
+               "verify": verify.stdout.strip().splitlines()[-1], "reference_run_s": round(ref_s), "folder": str(root)}
+    print(json.dumps(summary, indent=1))
+    ok = summary["rows_lost"] == 0 and summary["requests_repeated"] == 0 and differing == 0 and verify.returncode == 0
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
