@@ -235,6 +235,7 @@ class EmbedderCfg(Strict):
     baseline_finetune: bool = True  # also fine-tune models.baseline_embedder on the same data (full FT)
     baseline_lr: PositiveFloat = 2e-5
     train_examples: PositiveInt | None = None  # train on a seeded subset of this size (scaling, equal-size ablations)
+    train_on: tuple[Literal["synthetic", "seed"], ...] = ("synthetic",)  # "seed" adds the teacher's seed data
 
     @model_validator(mode="after")
     def _mini(self):

@@ -202,6 +202,18 @@ def load_for_training(name: str, max_length: int, qlora: bool, online: bool):
     return decoder_embedder(assets.hf_folder(name, online=online), max_length, qlora), True
 
 
+def training_rows(run, sources: Sequence[str]) -> list[dict]:
+    """Training rows from the synthetic data and, when asked, the teacher's seed data (same mapping, §3.3)."""
+    from .runs import read_jsonl
+    from .schema import to_training_example
+
+    rows = list(read_jsonl(run.data / "synthetic.jsonl")) if "synthetic" in sources else []
+    if "seed" in sources:
+        rows += [{"id": r["id"], **to_training_example(r["task_type"], r["task"], r["output"])}
+                 for r in read_jsonl(run.data / "seed.jsonl")]
+    return rows
+
+
 def subset(rows: list[dict], n: int | None, seed: int) -> list[dict]:
     """A seeded subset of ``n`` rows; smaller sizes are prefixes of larger ones (nested, for scaling)."""
     import random
@@ -214,13 +226,13 @@ def subset(rows: list[dict], n: int | None, seed: int) -> list[dict]:
 
 
 def train_stage(cfg, run) -> dict:
-    """Stage 07: train the embedder (and fine-tune the baseline) on ``synthetic.jsonl``."""
-    from .runs import read_jsonl
-
+    """Stage 07: train the embedder (and fine-tune the baseline) on ``synthetic.jsonl`` (and the seed data
+    when ``embedder.train_on`` says so)."""
     ec, online = cfg.embedder, cfg.use_hub()
-    rows = subset(list(read_jsonl(run.data / "synthetic.jsonl")), ec.train_examples, cfg.run.seed)
+    rows = subset(training_rows(run, ec.train_on), ec.train_examples, cfg.run.seed)
     if not rows:
-        raise ValueError(f"{run.data / 'synthetic.jsonl'} holds no example; stage 06 must produce some")
+        raise ValueError(f"no training example in {', '.join(ec.train_on)} data ({run.data}); "
+                         "stage 06 produced no valid example")
     out = {}
     jobs = [("embedder", cfg.models.embedder, ec.lr)]
     if cfg.models.baseline_embedder and ec.baseline_finetune:

@@ -66,6 +66,47 @@ def test_smoke_run_writes_every_stage(smoke_run):
     assert "stage 02 seed: done" in proc.stdout
 
 
+def test_smoke_run_synthesizes_trains_evaluates_and_reports(smoke_run):
+    runs, run, proc = smoke_run
+    synth = json.loads((run / "stages/06.done.json").read_text())["metrics"]
+    raw = synth["chunks"]
+    assert synth["requested"] == 12 and raw["chunks"] == 3
+    kept, rejects = list(read_jsonl(run / "data/synthetic.jsonl")), list(read_jsonl(run / "data/synthesis_rejects.jsonl"))
+    assert len(kept) == synth["kept"] and len(kept) + len(rejects) == 12  # every example kept or rejected with a reason
+    assert all(r["reason"] for r in rejects)
+    emb = json.loads((run / "stages/07.done.json").read_text())["metrics"]
+    assert emb["embedder"]["loss"] == "cached-infonce" and emb["embedder"]["steps"] >= 1 and emb["baseline"]["lora"] is False
+    scores = list(read_jsonl(run / "data/scores.jsonl"))
+    assert {r["label"] for r in scores} == {"smollm2-135m-instruct untrained", "smollm2-135m-instruct + our data",
+                                           "all-minilm-l6-v2 (released)", "all-minilm-l6-v2 + our data"}
+    assert {r["task"] for r in scores} == {"STS13", "SICK-R", "MSRParaphraseCorpus", "LeeDocSTS"}
+    assert all(0 <= r["score"] <= 100 for r in scores)
+    mteb_files = list((run / "mteb/results").rglob("STS13.json"))
+    assert len(mteb_files) == 4 and all((f.parent / "settings.json").exists() for f in mteb_files)
+    results = json.loads((run / "data/results.json").read_text())
+    assert results["mteb"] == {} and len(results["local"]) == 4  # offline: no MTEB data, a local table
+    cost = json.loads((run / "data/cost.json").read_text())
+    assert sum(r["calls"] for r in cost["per_stage"]) == len(fresh_calls(run))
+    assert cost["extrapolation"]["rows"][0]["calls"] == 45_000
+
+
+def test_smoke_sweep_adopts_shared_stages(smoke_run):
+    runs, run, proc = smoke_run
+    sweep = json.loads((run / "data/sweeps.json").read_text())["sweeps"]["scaling"]
+    assert list(sweep["points"]) == ["train_examples=3", "train_examples=6"]
+    for name, point in sweep["points"].items():
+        point_run = Path(point["run"])
+        assert point["adopted"] == [0, 1, 2, 3, 4, 5, 6], name  # nothing retrained, no teacher call repeated
+        for n in range(7):
+            assert json.loads((point_run / f"stages/{n:02d}.done.json").read_text())["adopted_from"] == str(run)
+        for n in (7, 8):
+            assert "adopted_from" not in json.loads((point_run / f"stages/{n:02d}.done.json").read_text())
+        assert not fresh_calls(point_run)
+        trained = json.loads((point_run / "stages/07.done.json").read_text())["metrics"]["embedder"]["examples"]
+        available = len(list(read_jsonl(run / "data/synthetic.jsonl"))) + len(list(read_jsonl(run / "data/seed.jsonl")))
+        assert trained == min(int(name.split("=")[1]), available)  # smoke trains on synthetic + seed data
+
+
 def test_api_key_in_environment_reaches_no_output(smoke_run):
     runs, run, proc = smoke_run
     assert CANARY not in proc.stdout + proc.stderr
