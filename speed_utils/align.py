@@ -65,7 +65,8 @@ def train_junior(cfg: Config, run: RunPaths) -> TrainResult:
 # ---------------------------------------------------------------- 04 senior
 def sample(cfg: Config, adapter, prompts: list[Prompt], n: int, temperature: float, desc: str) -> list[list[str]]:
     g = cfg.generation
-    gen = Generator(base_model(cfg), str(adapter) if adapter else None, batch_size=g.batch_size)
+    gen = Generator(base_model(cfg), str(adapter) if adapter else None, batch_size=g.batch_size, backend=g.backend,
+                    tensor_parallel=g.tensor_parallel_size)
     reqs = [GenRequest(p.text, n=n, temperature=temperature, top_p=cfg.senior.top_p, max_new_tokens=g.max_new_tokens,
                        seed=cfg.run.seed + i) for i, p in enumerate(prompts)]
     return gen.generate(reqs, desc=desc)

@@ -180,6 +180,8 @@ class GenerationCfg(Strict):
 
     batch_size: PositiveInt = 8
     max_new_tokens: PositiveInt = 800  # SPEED's released tryouts
+    backend: Literal["auto", "transformers", "vllm"] = "auto"  # auto: vLLM where it and CUDA are present
+    tensor_parallel_size: PositiveInt = 1  # vLLM: GPUs per generator engine
 
 
 class QualityCfg(Strict):

@@ -7,9 +7,11 @@ request. Both take the same :class:`GenRequest` objects and return texts in the 
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -38,24 +40,40 @@ def backend_name() -> str:
     return "transformers"
 
 
+@functools.lru_cache(maxsize=2)
+def _vllm_engine(model_id: str, tensor_parallel: int):  # pragma: no cover - needs a GPU
+    """One vLLM engine per base model, shared by the generators that put different adapters on it."""
+    from vllm import LLM
+
+    return LLM(model=model_id, enable_lora=True, max_lora_rank=64, max_loras=2, tensor_parallel_size=tensor_parallel)
+
+
 class Generator:
-    """A causal LM (plus adapter) that turns prompts into sampled completions, in batches."""
+    """A causal LM (plus adapter) that turns prompts into sampled completions, in batches.
 
-    def __init__(self, model_id: str, adapter: str | None = None, batch_size: int = 8, backend: str | None = None):
+    ``backend``: "transformers" (batched ``generate``, left padding; any device) or "vllm" (the
+    adapter served as a LoRA request, ``tensor_parallel`` GPUs per engine); None picks vLLM where it
+    and CUDA are present. Both render prompts with the same chat template, give every request the
+    same seed and sampling settings (:meth:`requests`), and return texts in request order. The two
+    engines draw different random streams, so sampled texts differ between them, not their format.
+    """
+
+    def __init__(self, model_id: str, adapter: str | None = None, batch_size: int = 8, backend: str | None = None,
+                 tensor_parallel: int = 1):
+        from transformers import AutoTokenizer
+
         self.model_id, self.adapter, self.batch_size = model_id, adapter, batch_size
-        self.backend = backend or backend_name()
+        self.backend = backend if backend not in (None, "auto") else backend_name()
         self.tokens_out = 0
-        if self.backend == "vllm":  # pragma: no cover - needs a GPU
-            from vllm import LLM
-
-            self.llm = LLM(model=model_id, enable_lora=adapter is not None, max_lora_rank=64)
-            return
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         self.tok = AutoTokenizer.from_pretrained(model_id, padding_side="left")
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
+        if self.backend == "vllm":  # pragma: no cover - needs a GPU
+            self.llm = _vllm_engine(model_id, tensor_parallel)
+            return
+        import torch
+        from transformers import AutoModelForCausalLM
+
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
         if adapter:
@@ -67,6 +85,11 @@ class Generator:
     def chat_text(self, prompt: str) -> str:
         return self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                             add_generation_prompt=True)
+
+    def requests(self, reqs: Sequence[GenRequest]) -> list[dict]:
+        """What either engine is asked, per request: the rendered prompt, n, sampling settings, seed."""
+        return [{"prompt": self.chat_text(r.prompt), "n": r.n, "temperature": r.temperature, "top_p": r.top_p,
+                 "max_tokens": r.max_new_tokens, "seed": r.seed} for r in reqs]
 
     def generate(self, reqs: Sequence[GenRequest], desc: str = "generate") -> list[list[str]]:
         """``n`` completions per request, in request order."""
@@ -111,9 +134,9 @@ class Generator:
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
-        lora = LoRARequest("adapter", 1, self.adapter) if self.adapter else None
-        params = [SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_new_tokens,
-                                 seed=r.seed) for r in reqs]
-        msgs = [[{"role": "user", "content": r.prompt}] for r in reqs]
-        results = self.llm.chat(msgs, params, lora_request=lora)
+        lora = LoRARequest(self.adapter, zlib.crc32(self.adapter.encode()) % 10**6 + 1, self.adapter) if self.adapter else None
+        asked = self.requests(reqs)
+        params = [SamplingParams(**{k: v for k, v in a.items() if k != "prompt"}) for a in asked]
+        results = self.llm.generate([a["prompt"] for a in asked], params, lora_request=lora)
+        self.tokens_out += sum(len(o.token_ids) for res in results for o in res.outputs)
         return [[o.text for o in res.outputs] for res in results]

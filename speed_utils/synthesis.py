@@ -96,7 +96,10 @@ def pass_dirs(cfg: Config, run: RunPaths) -> tuple[Path, Path | None]:
         if a is not None and not (a / "adapter_config.json").exists():
             raise SynthesisError(f"synthesis needs the adapter {a}; run stages 03-05 first")
     s = cfg.synthesis
-    wkey = _key({"seed": cfg.run.seed, "generator": cfg.models.generator, "batch": cfg.generation.batch_size,
+    from .generate import backend_name
+
+    engine = cfg.generation.backend if cfg.generation.backend != "auto" else backend_name()  # engines sample differently
+    wkey = _key({"seed": cfg.run.seed, "generator": cfg.models.generator, "batch": cfg.generation.batch_size, "engine": engine,
                  "sampling": [s.n_examples, s.type_weights, s.chunk_size, s.temperature, s.top_p, s.max_new_tokens],
                  "adapter": sha256_path(writer), "tasks": sha256_path(run.data / "tasks.jsonl")})
     wdir = run.data / "synthesis" / wkey
@@ -146,7 +149,9 @@ def make_chunks(cfg: Config, run: RunPaths, shard: Shard = Shard(), base_model: 
     for name, todo, adapter, folder in passes:
         if not todo:
             continue
-        gen = Generator(base, str(adapter), batch_size=cfg.generation.batch_size, backend=backend)
+        g = cfg.generation
+        gen = Generator(base, str(adapter), batch_size=g.batch_size, backend=backend or g.backend,
+                        tensor_parallel=g.tensor_parallel_size)
         bar = tqdm(total=sum(len(chunks[j]) for j in todo), desc=f"06 {name} {shard}", unit="ex", mininterval=2.0,
                    file=sys.stderr)
         done, valid, t1 = 0, 0, time.monotonic()

@@ -80,7 +80,7 @@ def test_smoke_run_synthesizes_trains_evaluates_and_reports(smoke_run):
     assert {r["label"] for r in scores} == {"smollm2-135m-instruct untrained", "smollm2-135m-instruct + our data",
                                            "all-minilm-l6-v2 (released)", "all-minilm-l6-v2 + our data"}
     assert {r["task"] for r in scores} == {"STS13", "SICK-R", "MSRParaphraseCorpus", "LeeDocSTS"}
-    assert all(0 <= r["score"] <= 100 for r in scores)
+    assert all(-100 <= r["score"] <= 100 for r in scores)  # Spearman of an untrained model can be negative
     mteb_files = list((run / "mteb/results").rglob("STS13.json"))
     assert len(mteb_files) == 4 and all((f.parent / "settings.json").exists() for f in mteb_files)
     results = json.loads((run / "data/results.json").read_text())

@@ -96,18 +96,26 @@ def test_killed_five_times_resumes_to_the_same_rows(tmp_path, tiny_lm, adapters)
     ref = new_run(tmp_path / "ref", adapters)
     synthesis.make_chunks(cfg, ref, base_model=tiny_lm)
     run = new_run(tmp_path / "killed", adapters)
+    wdir, rdir = synthesis.pass_dirs(cfg, run)
+
+    def made() -> int:
+        return sum(len(list(d.glob("chunk-*.jsonl"))) for d in (wdir, rdir) if d.exists())
+
     rng = random.Random(7)
     cmd = [sys.executable, "-c", KILL_SCRIPT, str(prof), str(run.root), tiny_lm]
     kills = 0
     while kills < 5:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(4.0, 9.0))  # imports take a few seconds; then chunks are made
+        target = made() + rng.randint(1, 3)  # let it make some progress, then kill it at a random moment
+        while made() < target and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.4))
         if proc.poll() is not None:
-            break  # finished before this kill: nothing left to interrupt
+            break  # it finished: nothing left to interrupt
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-    assert kills >= 3, "the run finished too early to be interrupted"
+    assert kills == 5, "the run finished before five kills"
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert chunk_rows(cfg, run) == chunk_rows(cfg, ref)
     wdir, rdir = synthesis.pass_dirs(cfg, run)

@@ -65,3 +65,21 @@ def test_mixed_sampling_settings_never_share_a_batch(tiny_lm):
     out = gen.generate([GenRequest("a", n=3, temperature=0.0, max_new_tokens=3),
                         GenRequest("b", n=2, temperature=1.0, max_new_tokens=5)])
     assert [len(o) for o in out] == [3, 2] and all(len(s) == 1 for s in seen) and len(seen) == 2
+
+
+def test_both_backends_are_given_the_same_requests(tiny_lm):
+    """vLLM is absent here: check that the transformers path feeds its batches exactly what the vLLM path
+    would send (rendered prompt, sampling settings, seed), so both engines get the same work."""
+    gen = Generator(tiny_lm, batch_size=3, backend="transformers")
+    reqs = [GenRequest(f"Write JSON about {w}.", n=2, temperature=t, max_new_tokens=4, seed=i)
+            for i, (w, t) in enumerate([("cats", 1.0), ("tax", 0.0), ("rain", 1.0), ("sea", 1.0)])]
+    seen = []
+    real = gen._batch
+    gen._batch = lambda rs, ids: seen.extend(
+        (gen.chat_text(r.prompt), r.temperature, r.top_p, r.max_new_tokens, r.seed) for r in rs) or real(rs, ids)
+    out = gen.generate(reqs)
+    asked = gen.requests(reqs)
+    assert [len(o) for o in out] == [2, 2, 2, 2]
+    assert sorted(seen) == sorted((a["prompt"], a["temperature"], a["top_p"], a["max_tokens"], a["seed"])
+                                  for a in asked for _ in range(a["n"]))
+    assert asked[0]["prompt"].endswith("<|im_start|>assistant\n")  # the model's own chat template
