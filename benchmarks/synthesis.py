@@ -2,7 +2,7 @@
 
 Same model, same prompts, same sampling (temperature 1.0, top_p 1.0, as synthesis), measured in one run.
 Prints examples/s and generated tokens/s for both, their ratio (target on 2 cores: at least 3x), and the
-peak RSS. Usage: python benchmarks/synthesis.py [--model smollm2-135m-instruct] [--n 16] [--batch 8] [--tokens 96]
+peak RSS. Usage: python benchmarks/synthesis.py [--model smollm2-135m-instruct] [--n 16] [--batch 16] [--tokens 96]
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--n", type=int, default=16)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=96)
     a = ap.parse_args()
 
