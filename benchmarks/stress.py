@@ -50,26 +50,29 @@ def main() -> None:
     prof = root / "stress.yaml"
     prof.parent.mkdir(parents=True, exist_ok=True)
     prof.write_text(yaml.safe_dump({"extends": "smoke", "teacher": {"n_parallel": 1, "max_concurrency": 1},
-                                    "seed": {"n_examples": 16}, "senior": {"n_prompts": 6},
+                                    "seed": {"n_examples": 16}, "senior": {"n_prompts": 6}, "revisor": {"n_examples": 12},
                                     "synthesis": {"n_examples": 24, "chunk_size": 3}}))
     runs = root / "runs"
     base = ["run", "--profile", str(prof), "--runs-dir", str(runs), "--until", "6"]
     t0 = time.monotonic()
     assert cli(*base, "--run-id", "ref").wait() == 0, "the uninterrupted run failed"
     ref_s = time.monotonic() - t0
+    took = {r["stage"]: r["wall_s"] for r in rows(runs / "ref" / "logs" / "timings.jsonl")}
     rng = random.Random(a.seed)
     killed, plan = runs / "killed", dict(zip((2, 4, 6), (int(k) for k in a.kills.split(","))))
     kills = []
     for stage, n in plan.items():
         for _ in range(n):
+            if (killed / "stages" / f"{stage:02d}.done.json").exists():
+                break  # the stage finished between kills: the next kills go to the next stage
             before = starts(killed, stage)
-            proc = cli(*base, "--run-id", "killed")
+            proc = cli(*base, "--run-id", "killed", "--until", str(stage))
             while starts(killed, stage) == before and proc.poll() is None:
-                time.sleep(0.2)
-            if proc.poll() is not None:
-                continue  # finished before reaching the stage: no kill to make
-            delay = rng.uniform(1.0, 12.0)
-            time.sleep(delay)
+                time.sleep(0.1)
+            delay = rng.uniform(0.1, 0.7) * took[stage]  # somewhere inside the stage
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.1)
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()

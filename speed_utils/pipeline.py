@@ -269,6 +269,7 @@ def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until:
             with open(f"{logs}.stdout.log", "a") as out, open(f"{logs}.stderr.log", "a") as err:
                 for f in (out, err):
                     f.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} stage {n:02d} ====\n")
+                    f.flush()  # visible at once to whoever watches the logs
                 papermill.execute_notebook(
                     str(files[n]), str(out_nb), kernel_name=KERNEL_NAME, cwd=str(notebooks_dir),
                     parameters={"run_dir": str(run_paths.root), "profile": str(prof)},
