@@ -69,7 +69,7 @@ def main() -> None:
             proc = cli(*base, "--run-id", "killed", "--until", str(stage))
             while starts(killed, stage) == before and proc.poll() is None:
                 time.sleep(0.1)
-            delay = rng.uniform(0.1, 0.7) * took[stage]  # somewhere inside the stage
+            delay = rng.uniform(0.1, 0.5) * took[stage]  # somewhere inside the stage (a resumed stage is quicker)
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.1)

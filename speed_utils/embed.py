@@ -20,7 +20,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .config import EmbedderCfg, LoraCfg
 
@@ -36,12 +36,17 @@ def query_text(instruction: str, query: str) -> str:
 
 # ---------------------------------------------------------------- models
 def append_eos(tokenizer) -> None:
-    """Make the tokenizer append its EOS token to every text (saved with the tokenizer)."""
+    """Make the tokenizer append its EOS token to every text (saved with the tokenizer), keeping the
+    BOS token where the tokenizer already adds one (Mistral, LLaMA-3: E5 feeds BOS + text + EOS)."""
     from tokenizers.processors import TemplateProcessing
 
-    eos = tokenizer.eos_token
+    eos, bos = tokenizer.eos_token, tokenizer.bos_token
+    ids = tokenizer("a")["input_ids"]
+    keep_bos = bos is not None and tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id]
+    head = f"{bos} " if keep_bos else ""
+    specials = [(eos, tokenizer.eos_token_id)] + ([(bos, tokenizer.bos_token_id)] if keep_bos and bos != eos else [])
     tokenizer._tokenizer.post_processor = TemplateProcessing(
-        single=f"$A {eos}", pair=f"$A {eos} $B {eos}", special_tokens=[(eos, tokenizer.eos_token_id)])
+        single=f"{head}$A {eos}", pair=f"{head}$A {eos} $B {eos}", special_tokens=specials)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = eos
 
@@ -153,8 +158,12 @@ def contrastive_loss(st, ec: EmbedderCfg):
 
 
 def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, seed: int = 0,
-          lora: bool = True, lr: float | None = None, callbacks: list | None = None) -> EmbedResult:
-    """Train ``st`` on (instruction, query, positive, negative) rows and save it to ``out_dir``."""
+          lora: bool = True, lr: float | None = None, callbacks: list | None = None,
+          rebuild: Callable | None = None) -> EmbedResult:
+    """Train ``st`` on (instruction, query, positive, negative) rows and save it to ``out_dir``.
+
+    ``rebuild`` makes a fresh full-precision copy of the untrained model; it is needed where the LoRA
+    weights cannot be merged in place (several processes with sharded weights, or a 4-bit base)."""
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers, MultiDatasetBatchSamplers
 
@@ -176,9 +185,7 @@ def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, s
     trainer = SentenceTransformerTrainer(model=st, args=args, train_dataset=training_data(rows), loss=loss,
                                          callbacks=[*(callbacks or []), step_logger()])
     trainer.train()
-    if lora:
-        merge_lora(st)
-    save(st, out_dir)
+    save_trained(st, trainer.accelerator, out_dir, lora, ec.lora, rebuild)
     shutil.rmtree(args.output_dir, ignore_errors=True)
     losses = [(h["step"], float(h["loss"])) for h in trainer.state.log_history if "loss" in h and "step" in h]
     return EmbedResult(path=str(out_dir), model=name, steps=trainer.state.global_step,
@@ -187,7 +194,7 @@ def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, s
 
 
 def load_for_training(name: str, max_length: int, qlora: bool, online: bool):
-    """A named model ready for contrastive training, and whether it trains with LoRA.
+    """A named model ready for contrastive training, whether it trains with LoRA, and how to rebuild it.
 
     Causal LMs (the paper's Mistral-7B; SmolLM2 on the CPU) become last-token decoder embedders
     trained with LoRA; sentence-transformers models (MiniLM) are fully fine-tuned as released.
@@ -198,8 +205,9 @@ def load_for_training(name: str, max_length: int, qlora: bool, online: bool):
     if m.kind == "sentence-transformer":
         st = encoder_embedder(assets.st_folder(name, online=online))
         st.max_seq_length = min(st.max_seq_length or max_length, max_length)
-        return st, False
-    return decoder_embedder(assets.hf_folder(name, online=online), max_length, qlora), True
+        return st, False, None
+    path = assets.hf_folder(name, online=online)
+    return decoder_embedder(path, max_length, qlora), True, lambda: decoder_embedder(path, max_length, qlora=False)
 
 
 def training_rows(run, sources: Sequence[str]) -> list[dict]:
@@ -237,14 +245,49 @@ def train_stage(cfg, run) -> dict:
     jobs = [("embedder", cfg.models.embedder, ec.lr)]
     if cfg.models.baseline_embedder and ec.baseline_finetune:
         jobs.append(("baseline", cfg.models.baseline_embedder, ec.baseline_lr))
+    if len(jobs) == 1 and (run.models / "baseline").exists():  # not trained this time: never evaluate a stale one
+        shutil.rmtree(run.models / "baseline") if not (run.models / "baseline").is_symlink() \
+            else (run.models / "baseline").unlink()
     for folder, name, lr in jobs:
         print(f"training {name} on {len(rows)} examples -> models/{folder}", flush=True)
-        st, lora = load_for_training(name, ec.max_length, ec.qlora, online)
+        st, lora, rebuild = load_for_training(name, ec.max_length, ec.qlora, online)
         out[folder] = train(st, rows, run.models / folder, ec, name=name, seed=cfg.run.seed, lora=lora,
-                            lr=lr).to_dict()
+                            lr=lr, rebuild=rebuild).to_dict()
         out[folder]["lora"] = lora
         del st
     return out
+
+
+def save_trained(st, accelerator, out_dir: Path, lora: bool, lora_cfg: LoraCfg, rebuild: Callable | None) -> None:
+    """Save the trained model as a plain sentence-transformers folder, LoRA merged, from one process.
+
+    One process with full-precision weights merges in place. Otherwise the LoRA weights are gathered
+    (a collective call under ZeRO-3: every process takes part) and the main process merges them into a
+    fresh full-precision copy: merging into 4-bit or sharded weights would lose precision or weights.
+    """
+    from .train import devices
+
+    several = devices() > 1
+    if not lora or (not several and not getattr(st, "quantized", False)):
+        if lora:
+            merge_lora(st)
+        if accelerator.is_main_process:
+            save(st, out_dir)
+        accelerator.wait_for_everyone()
+        return
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    full = accelerator.get_state_dict(st[0].model) if several else None
+    lora_state = get_peft_model_state_dict(st[0].model, state_dict=full)
+    if accelerator.is_main_process:
+        if rebuild is None:
+            raise ValueError("a sharded or 4-bit embedder needs `rebuild` to merge its LoRA weights")
+        fresh = rebuild()
+        add_lora(fresh, lora_cfg)
+        set_peft_model_state_dict(fresh[0].model, {k: v.to("cpu") for k, v in lora_state.items()})
+        merge_lora(fresh)
+        save(fresh, out_dir)
+    accelerator.wait_for_everyone()
 
 
 def save(st, out_dir: Path) -> None:

@@ -320,9 +320,21 @@ def load_candidate(c: Candidate, max_length: int):
     return decoder_embedder(c.path, max_length) if c.kind == "decoder" else encoder_embedder(c.path)
 
 
-def evaluate_stage(cfg, run, revision: str) -> dict:
+def revision(cfg, c: Candidate, run) -> str:
+    """mteb's revision for a candidate: the hash of its weights (when the run made them) and of the
+    evaluation settings, so mteb's cache can never hand back scores of other weights or other tasks."""
+    from .runs import sha256_path
+
+    inside = Path(c.path).resolve().is_relative_to(run.root.resolve()) if Path(c.path).exists() else False
+    digest = hashlib.sha256(json.dumps({"weights": sha256_path(Path(c.path)) if inside else c.path,
+                                        "evaluate": cfg.section_hash("evaluate", "embedder.max_length", "run.seed")},
+                                       sort_keys=True).encode()).hexdigest()[:12]
+    return f"{cfg.name}-{digest}"
+
+
+def evaluate_stage(cfg, run) -> dict:
     """Stage 08: every candidate on every task; mteb JSON under ``mteb/``, a score table in
-    ``data/scores.jsonl``. ``revision`` names this run in mteb's folders (e.g. the config hash)."""
+    ``data/scores.jsonl`` whose rows name the mteb folder they came from."""
     from .runs import atomic_write_json, write_jsonl
 
     e = cfg.evaluate
@@ -333,12 +345,14 @@ def evaluate_stage(cfg, run, revision: str) -> dict:
     rows = []
     for c in candidates(cfg, run):
         print(f"evaluating {c.label} on {len(tasks)} tasks", flush=True)
-        enc = InstructedEncoder(load_candidate(c, cfg.embedder.max_length), c.mteb_name, revision,
+        rev = revision(cfg, c, run)
+        enc = InstructedEncoder(load_candidate(c, cfg.embedder.max_length), c.mteb_name, rev,
                                 c.use_instructions, e.batch_size)
         scores = evaluate_model(enc, tasks, run.mteb, e.batch_size)
-        folder = run.mteb / "results" / c.mteb_name.replace("/", "__") / revision
+        folder = run.mteb / "results" / c.mteb_name.replace("/", "__") / rev
         atomic_write_json(folder / "settings.json", settings(enc, c.path, e.batch_size, {"label": c.label}))
-        rows += [{**r, "label": c.label, "instructions": c.use_instructions} for r in scores]
+        rows += [{**r, "label": c.label, "instructions": c.use_instructions,
+                  "results": str(folder.relative_to(run.root))} for r in scores]
     write_jsonl(run.data / "scores.jsonl", rows)
     return {"tasks": [t.metadata.name for t in tasks], "models": [c.label for c in candidates(cfg, run)],
             "skipped": skipped, "scores": {f"{r['label']} | {r['task']}": r["score"] for r in rows}}

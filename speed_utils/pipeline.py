@@ -9,6 +9,7 @@ stage whose marker still matches (same config hash, inputs and outputs unchanged
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -16,9 +17,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .assets import AssetError
-from .config import Config, ConfigError, list_profiles, load_profile, profile_path
+from .config import Config, ConfigError, list_profiles, load_profile, profile_path, resolve_path
 from .runs import (LOCK_ENV, REPO_ROOT, RESULTS_DIR, RunLock, RunLocked, RunPaths, append_jsonl, atomic_write_json,
                    atomic_write_text,
                    read_manifest, sha256_path, verify_files,
@@ -44,6 +46,7 @@ class Stage:
     outputs: tuple[str, ...] = ()
     optional_inputs: tuple[str, ...] = ()  # hashed when present (e.g. a baseline the profile may skip)
     optional_outputs: tuple[str, ...] = ()  # recorded when the stage wrote them
+    config_files: Callable[[Config], list[Path]] | None = None  # files the config names whose content counts
 
 
 _TEACHER_KEYS = ("run.seed", "teacher.backend", "teacher.model", "teacher.structured_output")
@@ -75,9 +78,10 @@ STAGES: dict[int, Stage] = {s.number: s for s in [
           optional_inputs=("models/baseline",), outputs=("mteb", "data/scores.jsonl")),
     Stage(9, "results", "09_results.ipynb", ("evaluate",), inputs=("mteb", "data/scores.jsonl"),
           outputs=("data/results.json",)),
-    Stage(10, "cost", "10_cost.ipynb", ("teacher.backend", "teacher.model"), inputs=("ledger.jsonl",),
+    Stage(10, "cost", "10_cost.ipynb", ("teacher.backend", "teacher.model"), optional_inputs=("ledger.jsonl",),
           outputs=("data/cost.json",)),
-    Stage(11, "scaling", "11_scaling.ipynb", ("sweeps",), inputs=("data/scores.jsonl",), outputs=("data/sweeps.json",)),
+    Stage(11, "scaling", "11_scaling.ipynb", ("sweeps",), inputs=("data/scores.jsonl",), outputs=("data/sweeps.json",),
+          config_files=lambda cfg: [resolve_path(p) for p in (cfg.sweeps.ablation, cfg.sweeps.scaling) if p]),
 ]}
 PRODUCER = {out: s.number for s in STAGES.values() for out in s.outputs + s.optional_outputs}
 
@@ -93,7 +97,11 @@ from .teacher import TeacherError  # noqa: E402  (after StageError: teacher impo
 # ---------------------------------------------------------------- markers
 def expected_marker(run: RunPaths, cfg: Config, stage: Stage) -> dict:
     """The parts of a done marker that must match for the stage to be skipped."""
-    return {"config_hash": cfg.section_hash(*stage.config_keys),
+    config_hash = cfg.section_hash(*stage.config_keys)
+    if stage.config_files:  # e.g. sweep specs: editing one must rerun the stage
+        files = {str(p): sha256_path(p) for p in stage.config_files(cfg)}
+        config_hash = hashlib.sha256(json.dumps([config_hash, files], sort_keys=True).encode()).hexdigest()[:16]
+    return {"config_hash": config_hash,
             "inputs": {rel: sha256_path(run.root / rel) for rel in stage.inputs + stage.optional_inputs
                        if (run.root / rel).exists()}}
 
@@ -133,6 +141,9 @@ class StageContext:
         atomic_write_text(self.run.config, self.cfg.to_yaml())
         for rel in self.stage.inputs:
             self._check_input(rel)
+        for rel in self.stage.outputs + self.stage.optional_outputs:  # adopted from a donor run (a sweep):
+            if self.path(rel).is_symlink():  # unlink, so that rebuilding never writes into the donor's folder
+                self.path(rel).unlink()
         for rel in self.stage.optional_inputs:
             if self.path(rel).exists():
                 self._check_input(rel)
@@ -141,12 +152,13 @@ class StageContext:
         path = self.run.root / rel
         maker = PRODUCER.get(rel)
         if not path.exists():
-            raise StageError(f"stage {self.stage.number:02d} needs {path}, which stage {maker:02d} writes; "
-                             f"run it first (speed-repro run --from {maker})")
+            source = f"stage {maker:02d} writes; run it first (speed-repro run --from {maker})" if maker is not None \
+                else "an earlier stage writes; run the pipeline from the start"
+            raise StageError(f"stage {self.stage.number:02d} needs {path}, which {source}")
         pinned = read_manifest(self.run)["files"].get(rel, {}).get("sha256")
         if pinned and pinned != sha256_path(path):
             raise StageError(f"{path} does not match its checksum in {self.run.manifest}: it was modified "
-                             f"or damaged after stage {maker:02d} wrote it; rerun that stage with --force")
+                             f"or damaged after stage {maker} wrote it; rerun that stage with --force")
 
     @property
     def name(self) -> str:

@@ -204,16 +204,6 @@ def local_groups(rows: list[dict]) -> dict[str, list[str]]:
     return {c: groups[c] for c in CATEGORIES if c in groups}
 
 
-def run_folders(mteb_dir: Path) -> dict[str, Path]:
-    """mteb model folder name -> its (single) revision folder, under a run's ``mteb/results``."""
-    out = {}
-    for model_dir in sorted((Path(mteb_dir) / "results").glob("*")):
-        for rev in sorted(model_dir.iterdir()):
-            if rev.is_dir():
-                out[model_dir.name.replace("__", "/", 1)] = rev
-    return out
-
-
 def run_summary(run) -> dict:
     """Stage 09: this run's tables. ``mteb`` holds MTEB(eng, v1) rows from Hub-data results only;
     ``local`` the same layout over local and proxy tasks; ``checks`` compares the released baseline
@@ -221,10 +211,9 @@ def run_summary(run) -> dict:
     from .runs import read_jsonl
 
     rows = list(read_jsonl(run.data / "scores.jsonl"))
-    labels = {r["model"]: r["label"] for r in rows}
     out: dict = {"mteb": {}, "local": {}, "checks": []}
-    for model, folder in run_folders(run.mteb).items():
-        label = labels.get(model, model)
+    folders = {r["label"]: run.root / r["results"] for r in rows}  # the folders stage 08 wrote this time
+    for label, folder in folders.items():
         table = category_table(eng_v1_scores(load_folder(folder)))
         if table["evaluated"]:
             out["mteb"][label] = {"row": table_row(label, table), "coverage": describe_coverage(table)}
@@ -277,4 +266,4 @@ def loglinear_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 
 __all__ = ["sweep_rows", "loglinear_fit", "run_summary", "read_result", "load_folder", "eng_v1_scores", "category_table", "table_row", "paper_rows", "deltas",
-           "describe_coverage", "local_groups", "run_folders", "paper", "TaskScore", "CATEGORIES"]
+           "describe_coverage", "local_groups", "paper", "TaskScore", "CATEGORIES"]

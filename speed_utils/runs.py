@@ -27,7 +27,8 @@ RESULTS_DIR = REPO_ROOT / "results" / "runs"
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the writer's pid in the name lets a cleaner tell a live writer's file from one cut by a kill
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -234,14 +235,19 @@ class RunLock:
     names the holder's pid and start time for the error message.
     """
 
+    _held: dict[str, "RunLock"] = {}  # locks this process holds, by run folder: acquiring again reuses them
+
     def __init__(self, root: Path):
         self.root = Path(root)
         self.path = self.root / ".lock"
         self._fh = None
 
     def acquire(self) -> "RunLock":
-        if os.environ.get(LOCK_ENV) == str(self.root.resolve()):
+        key = str(self.root.resolve())
+        if os.environ.get(LOCK_ENV) == key:
             return self  # our runner holds it for us
+        if key in RunLock._held:  # e.g. a notebook's first cell run again after an error
+            return RunLock._held[key]
         self.root.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+")
         try:
@@ -257,9 +263,11 @@ class RunLock:
         fh.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S')}")
         fh.flush()
         self._fh = fh
+        RunLock._held[key] = self
         return self
 
     def release(self) -> None:
+        RunLock._held.pop(str(self.root.resolve()), None)
         if self._fh is not None:
             fcntl.flock(self._fh, fcntl.LOCK_UN)
             self._fh.close()
@@ -303,4 +311,19 @@ def verify_files(run: RunPaths) -> list[str]:
         if ".tmp" not in f.name and (why := partial_jsonl(f)):
             problems.append(f"{f.relative_to(run.root)}: {why}")
     return problems
+
+
+def stale_temp(path: Path) -> bool:
+    """Whether a temporary file of :func:`atomic_write_bytes` belongs to a process that is gone."""
+    parts = Path(path).name.split(".")
+    pid = next((int(p) for p in reversed(parts[:-1]) if p.isdigit()), None)
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return pid == os.getpid()  # our own leftovers are stale too: we are not writing them now
 

@@ -29,7 +29,7 @@ from .config import TASK_TYPES, Config
 from .dedup import dedup
 from .generate import GenRequest, Generator
 from .prompts import Prompt, revision_prompt
-from .runs import RunPaths, read_jsonl, sha256_path, write_jsonl
+from .runs import RunPaths, read_jsonl, sha256_path, stale_temp, write_jsonl
 from .schema import KEYS, parse_example, parse_revision, to_training_example
 from .teacher_data import request_seed, seed_prompts
 
@@ -118,10 +118,10 @@ def chunk_path(folder: Path, j: int) -> Path:
 
 
 def _clear_stale(folder: Path, shard: Shard) -> None:
-    """Remove temporary files of this shard's chunk writes that a kill cut short."""
-    for stale in folder.glob(".chunk-*.tmp") if folder.exists() else ():
-        if shard.owns(int(stale.name[len(".chunk-"):][:5])):
-            stale.unlink(missing_ok=True)
+    """Remove temporary files of this shard's chunk writes that a kill cut short (never a live writer's)."""
+    for tmp in folder.glob(".chunk-*.tmp") if folder.exists() else ():
+        if shard.owns(int(tmp.name[len(".chunk-"):][:5])) and stale_temp(tmp):
+            tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- making chunks

@@ -137,7 +137,13 @@ def _losses(trainer, key: str = "loss") -> list[tuple[int, float]]:
 
 
 def _finish(trainer, out_dir: Path, used_qlora: bool, t0: float, **extra) -> TrainResult:
-    trainer.model.save_pretrained(str(out_dir), selected_adapters=["default"])  # not DPO's frozen "ref" copy
+    """Save the adapter (only "default", not DPO's frozen "ref" copy) from the main process; under
+    ZeRO-3 the weights are gathered first, a collective call every process takes part in."""
+    acc = trainer.accelerator
+    state = acc.get_state_dict(trainer.model) if devices() > 1 else None
+    if acc.is_main_process:
+        trainer.model.save_pretrained(str(out_dir), selected_adapters=["default"], state_dict=state)
+    acc.wait_for_everyone()
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     return TrainResult(adapter=str(out_dir), path="qlora" if used_qlora else "lora",
                        steps=trainer.state.global_step, seconds=round(time.monotonic() - t0, 1),

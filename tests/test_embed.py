@@ -70,3 +70,29 @@ def test_plain_loss_when_not_mini_batched(tiny_lm):
     st = embed.decoder_embedder(tiny_lm, max_length=16)
     _, name = embed.contrastive_loss(st, CFG.model_copy(update={"mini_batch_size": None}))
     assert name == "infonce"
+
+
+def test_bos_is_kept_where_the_tokenizer_adds_one():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "</s>": 1, "<pad>": 2, "hello": 3, "world": 4}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    t.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    embed.append_eos(tok)
+    assert tok("hello world")["input_ids"] == [0, 3, 4, 1]
+
+
+def test_merge_from_a_fresh_copy_matches_the_trained_model(tiny_lm, tmp_path):
+    """The path used under ZeRO-3 or a 4-bit base: LoRA weights merged into a rebuilt full-precision model."""
+    from sentence_transformers import SentenceTransformer
+
+    st = embed.decoder_embedder(tiny_lm, max_length=48)
+    st.quantized = True  # take the rebuild path (the weights here are fp32, so the result must match exactly)
+    cfg = CFG.model_copy(update={"epochs": 1})
+    embed.train(st, ROWS[:8], tmp_path / "m", cfg, name="tiny", rebuild=lambda: embed.decoder_embedder(tiny_lm, 48))
+    texts = ["capital of land number 3", "city 7 is the capital"]
+    assert np.allclose(SentenceTransformer(str(tmp_path / "m"), local_files_only=True).encode(texts),
+                       st.encode(texts), atol=1e-5)  # st still holds the unmerged LoRA model

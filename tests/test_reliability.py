@@ -76,13 +76,26 @@ def test_qlora_without_cuda_fails_before_a_run_folder_exists(tmp_path):
 
 
 def test_second_runner_on_the_same_run_folder_exits_with_a_clear_message(tmp_path):
-    lines = []
-    with RunLock(tmp_path / "runs" / "busy"):
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "runs" / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from speed_utils.runs import RunLock; "
+                               f"RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(folder)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lines = []
         rc = pipeline.run("smoke", run_id="busy", runs_dir=tmp_path / "runs", log=lines.append)
         with pytest.raises(RunLocked, match="being written by another runner"):
-            RunLock(tmp_path / "runs" / "busy").acquire()
-    assert rc == 3 and "being written by another runner (pid" in lines[-1]
-    RunLock(tmp_path / "runs" / "busy").acquire().release()  # free again once the holder is gone
+            RunLock(folder).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert rc == 3 and f"being written by another runner (pid {holder.pid}" in lines[-1]
+    time.sleep(0.2)
+    RunLock(folder).acquire().release()  # free again once the holder is gone
 
 
 def test_verify_reports_each_problem(tmp_path, capsys):
@@ -121,3 +134,62 @@ def test_truncated_teacher_completion_is_a_counted_reject(smoke_cfg, run_paths, 
         kept, rejects = ask_teacher(teacher, [p], smoke_cfg.seed, 0, "t",
                                     parse=lambda p, r: parse_example(p.task_type, r.content, r.finish_reason))
     assert kept == [] and rejects[0]["reason"] == "truncated" and rejects[0]["finish_reason"] == "length"
+
+
+def test_lock_is_reentrant_within_a_process(tmp_path):
+    first = RunLock(tmp_path / "r").acquire()
+    assert RunLock(tmp_path / "r").acquire() is first  # a notebook cell run again after an error
+    first.release()
+    RunLock(tmp_path / "r").acquire().release()
+
+
+def test_stale_temp_files_are_told_from_live_writers(tmp_path):
+    import os
+    import subprocess
+
+    from speed_utils.runs import stale_temp
+
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        assert not stale_temp(tmp_path / f".chunk-00001.jsonl.{live.pid}.abc.tmp")
+    finally:
+        live.kill()
+        live.wait()
+    assert stale_temp(tmp_path / f".chunk-00001.jsonl.{live.pid}.abc.tmp")  # its writer is gone
+    assert stale_temp(tmp_path / f".chunk-00001.jsonl.{os.getpid()}.abc.tmp")
+
+
+def test_rerunning_an_adopted_stage_never_writes_into_the_donor(tmp_path):
+    donor = RunPaths(tmp_path / "donor").make()
+    (donor.root / "env.json").write_text('{"donor": true}')
+    point = RunPaths(tmp_path / "point").make()
+    (point.root / "env.json").symlink_to(donor.root / "env.json")
+    ctx = pipeline.StageContext(point.root, "smoke", stage=0)
+    assert not (point.root / "env.json").exists() and (donor.root / "env.json").read_text() == '{"donor": true}'
+    ctx.lock.release()
+
+
+def test_editing_a_sweep_spec_invalidates_stage_11(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nprofile: smoke\ngrid: {embedder.train_examples: [3]}\n")
+    prof = tmp_path / "p.yaml"
+    prof.write_text(yaml.safe_dump({"extends": "smoke", "sweeps": {"scaling": str(spec)}}))
+    run = RunPaths(tmp_path / "run").make()
+    before = pipeline.expected_marker(run, load_profile(prof), pipeline.STAGES[11])["config_hash"]
+    spec.write_text("name: s\nprofile: smoke\ngrid: {embedder.train_examples: [3, 6]}\n")
+    assert pipeline.expected_marker(run, load_profile(prof), pipeline.STAGES[11])["config_hash"] != before
+
+
+def test_evaluation_revision_follows_the_weights(tmp_path):
+    from speed_utils import evaluate
+
+    run = RunPaths(tmp_path / "run").make()
+    (run.models / "embedder").mkdir(parents=True)
+    (run.models / "embedder" / "model.safetensors").write_bytes(b"weights v1")
+    cfg = load_profile("smoke")
+    c = evaluate.Candidate("x", "org/x", str(run.models / "embedder"), "encoder", True)
+    first = evaluate.revision(cfg, c, run)
+    (run.models / "embedder" / "model.safetensors").write_bytes(b"weights v2")
+    assert evaluate.revision(cfg, c, run) != first
+    released = evaluate.Candidate("y", "org/y", "/some/released/model", "encoder", False)
+    assert evaluate.revision(cfg, released, run) == evaluate.revision(cfg, released, run)
