@@ -125,6 +125,24 @@ def marker_matches(run: RunPaths, cfg: Config, stage: Stage) -> tuple[bool, str]
     return True, "up to date"
 
 
+SECRET_NAMES = ("api_key", "apikey", "openai_api_key", "azure_openai_api_key")
+
+
+def refuse_secret_parameters() -> None:
+    """Stop a stage whose notebook was given an API key as a papermill parameter.
+
+    papermill writes parameters into the executed notebook, so a key passed that way is already on
+    disk; say where, and how the key should be given instead."""
+    import __main__
+
+    found = [name for name, value in vars(__main__).items() if isinstance(value, str) and (
+        name.lower() in SECRET_NAMES or value.startswith(("sk-", "sk_")))]
+    if found:
+        raise StageError(f"{', '.join(found)}: API keys must not be papermill parameters: papermill writes them "
+                         "into the executed notebook, which now holds it (delete that file and rotate the key). "
+                         "Put the key in the environment variable named by teacher.api_key_env instead.")
+
+
 class StageContext:
     """What a stage notebook opens first: config, run folder, input checks, then ``done()``.
 
@@ -134,6 +152,7 @@ class StageContext:
 
     def __init__(self, run_dir: str | Path, profile: str | Path, stage: int):
         self.t0 = time.monotonic()
+        refuse_secret_parameters()
         self.stage = STAGES[stage]
         self.cfg = load_profile(profile)
         self.run = RunPaths(Path(run_dir).resolve()).make()

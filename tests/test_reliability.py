@@ -193,3 +193,32 @@ def test_evaluation_revision_follows_the_weights(tmp_path):
     assert evaluate.revision(cfg, c, run) != first
     released = evaluate.Candidate("y", "org/y", "/some/released/model", "encoder", False)
     assert evaluate.revision(cfg, released, run) == evaluate.revision(cfg, released, run)
+
+
+def test_corrupt_inputs_are_caught_by_their_checksums(tmp_path):
+    from speed_utils.pipeline import StageContext, StageError
+
+    run = RunPaths(tmp_path / "run").make()
+    write_jsonl(run.data / "seed.jsonl", [{"i": i} for i in range(4)])
+    (run.adapters / "junior").mkdir(parents=True)
+    for f in ("adapter_config.json", "adapter_model.safetensors"):
+        (run.adapters / "junior" / f).write_text(f)
+    write_jsonl(run.data / "tasks.jsonl", [{"t": 1}])
+    update_manifest(run, 2, [run.data / "seed.jsonl", run.data / "tasks.jsonl", run.adapters / "junior"])
+    with open(run.data / "seed.jsonl", "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(StageError, match=r"seed.jsonl does not match its checksum .* after stage 2 wrote it"):
+        StageContext(run.root, "smoke", stage=3)
+    (run.adapters / "junior" / "adapter_model.safetensors").unlink()
+    with pytest.raises(StageError, match=r"adapters/junior does not match its checksum"):
+        StageContext(run.root, "smoke", stage=4)
+
+
+def test_api_key_as_a_papermill_parameter_is_refused(monkeypatch):
+    import __main__
+
+    from speed_utils.pipeline import StageError, refuse_secret_parameters
+
+    monkeypatch.setattr(__main__, "api_key", "sk-canary-123", raising=False)
+    with pytest.raises(StageError, match="api_key: API keys must not be papermill parameters"):
+        refuse_secret_parameters()
