@@ -350,6 +350,42 @@ def verify(run_dir: Path, log=print) -> int:
     return 1 if problems else 0
 
 
+SNAPSHOT_MAX_BYTES = 1_500_000  # data files larger than this stay out of a snapshot
+
+
+def snapshot(run_dir: Path, dest: Path, log=print) -> int:
+    """Copy a run's small, readable results to ``dest`` (``results/reference/<name>/``): the resolved
+    config, env.json, done markers, figures, data files under 1.5 MB and the stage timings, plus a
+    ledger summary (calls and tokens per stage, unique request keys)."""
+    import shutil
+
+    from .cost import usage
+    from .runs import read_jsonl
+
+    run_paths, dest = RunPaths(Path(run_dir)), Path(dest)
+    if not run_paths.config.exists():
+        log(f"{run_dir}: not a run folder (no config.yaml)")
+        return 2
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for src in [run_paths.config, run_paths.root / "env.json", *sorted(run_paths.stages.glob("*.json")),
+                *sorted(run_paths.figures.glob("*.png")), *sorted(run_paths.data.glob("*.json*")),
+                run_paths.logs / "timings.jsonl"]:
+        if src.is_file() and (src.suffix == ".png" or src.stat().st_size <= SNAPSHOT_MAX_BYTES):
+            shutil.copyfile(src, dest / src.name)
+            copied.append(src.name)
+    rows = list(read_jsonl(run_paths.ledger))
+    fresh = [r for r in rows if not r.get("cache_hit")]
+    summary = {stage: {"calls": u.calls, "cache_hits": u.cache_hits, "prompt_tokens": u.prompt_tokens,
+                       "completion_tokens": u.completion_tokens} for stage, u in sorted(usage(rows, by="stage").items())}
+    summary["total"] = {"calls": len(fresh), "unique_request_keys": len({r["key"] for r in fresh}),
+                        "prompt_tokens": sum(r.get("prompt_tokens") or 0 for r in fresh),
+                        "completion_tokens": sum(r.get("completion_tokens") or 0 for r in fresh)}
+    atomic_write_json(dest / "ledger_summary.json", summary)
+    log(f"snapshot of {run_dir} in {dest}: {len(copied) + 1} files")
+    return 0
+
+
 def status(run_dir: Path, log=print) -> int:
     """Print each stage's marker state for a run folder."""
     run_paths = RunPaths(Path(run_dir))
@@ -589,6 +625,9 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--profile", default="gpu-24gb")
     e = sub.add_parser("estimate", help="pre-flight: expected teacher calls, tokens and $ of a profile")
     e.add_argument("--profile", default="cpu")
+    n = sub.add_parser("snapshot", help="copy a run's small results (markers, figures, tables) to a folder")
+    n.add_argument("run_dir", type=Path)
+    n.add_argument("dest", type=Path)
     f = sub.add_parser("verify", help="check a run folder against its manifest and done markers")
     f.add_argument("run_dir", type=Path)
     m = sub.add_parser("models", help="list, fetch or verify the named models")
@@ -614,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
             return status(a.run_dir)
         if a.cmd == "verify":
             return verify(a.run_dir)
+        if a.cmd == "snapshot":
+            return snapshot(a.run_dir, a.dest)
         if a.cmd == "sweep":
             sweep(a.spec, a.runs_dir, a.donor)
             return 0

@@ -222,3 +222,19 @@ def test_api_key_as_a_papermill_parameter_is_refused(monkeypatch):
     monkeypatch.setattr(__main__, "api_key", "sk-canary-123", raising=False)
     with pytest.raises(StageError, match="api_key: API keys must not be papermill parameters"):
         refuse_secret_parameters()
+
+
+def test_snapshot_copies_small_results_and_summarises_the_ledger(tmp_path):
+    run = RunPaths(tmp_path / "run").make()
+    (run.root / "config.yaml").write_text(load_profile("smoke").to_yaml())
+    (run.stages / "02.done.json").write_text("{}")
+    write_jsonl(run.data / "seed.jsonl", [{"i": 1}])
+    (run.data / "big.jsonl").write_bytes(b"{}\n" * 600_000)  # 1.8 MB: stays out
+    append_jsonl(run.ledger, [{"stage": "02_seed", "key": "a", "cache_hit": False, "prompt_tokens": 5, "completion_tokens": 2},
+                              {"stage": "02_seed", "key": "a", "cache_hit": True}])
+    assert pipeline.snapshot(run.root, tmp_path / "snap") == 0
+    names = {p.name for p in (tmp_path / "snap").iterdir()}
+    assert {"config.yaml", "02.done.json", "seed.jsonl", "ledger_summary.json"} <= names and "big.jsonl" not in names
+    summary = json.loads((tmp_path / "snap" / "ledger_summary.json").read_text())
+    assert summary["02_seed"] == {"calls": 1, "cache_hits": 1, "prompt_tokens": 5, "completion_tokens": 2}
+    assert summary["total"]["unique_request_keys"] == 1
