@@ -50,7 +50,7 @@ def main() -> None:
     prof = root / "stress.yaml"
     prof.parent.mkdir(parents=True, exist_ok=True)
     prof.write_text(yaml.safe_dump({"extends": "smoke", "teacher": {"n_parallel": 1, "max_concurrency": 1},
-                                    "seed": {"n_examples": 16}, "senior": {"n_prompts": 6}, "revisor": {"n_examples": 12},
+                                    "seed": {"n_examples": 24}, "senior": {"n_prompts": 6}, "revisor": {"n_examples": 12},
                                     "synthesis": {"n_examples": 24, "chunk_size": 3}}))
     runs = root / "runs"
     base = ["run", "--profile", str(prof), "--runs-dir", str(runs), "--until", "6"]
@@ -60,11 +60,13 @@ def main() -> None:
     took = {r["stage"]: r["wall_s"] for r in rows(runs / "ref" / "logs" / "timings.jsonl")}
     rng = random.Random(a.seed)
     killed, plan = runs / "killed", dict(zip((2, 4, 6), (int(k) for k in a.kills.split(","))))
-    kills = []
+    kills, carry = [], 0
     for stage, n in plan.items():
-        for _ in range(n):
+        n, carry = n + carry, 0
+        for i in range(n):
             if (killed / "stages" / f"{stage:02d}.done.json").exists():
-                break  # the stage finished between kills: the next kills go to the next stage
+                carry = n - i  # the stage finished between kills: its remaining kills go to the next stage
+                break
             before = starts(killed, stage)
             proc = cli(*base, "--run-id", "killed", "--until", str(stage))
             while starts(killed, stage) == before and proc.poll() is None:
