@@ -63,12 +63,12 @@ def main() -> None:
         if proc.returncode or not line:
             raise SystemExit(proc.stderr[-3000:])
         out[variant] = json.loads(line[-1][len(RESULT_PREFIX):])
+    detail = {"model": a.model, "batch": a.batch, "mini_batch": a.mini, "max_length": a.max_length, **out, **machine()}
     report("embedder: cached vs plain loss, peak RSS (cached / plain)",
-           out["cached"]["peak_rss_mb"] / out["plain"]["peak_rss_mb"],
-           {"model": a.model, "batch": a.batch, "mini_batch": a.mini, "max_length": a.max_length, **out,
-            "speed_ratio_cached_over_plain": round(out["cached"]["tok_s"] / out["plain"]["tok_s"], 2), **machine()},
-           target="< 1 (less memory), at some cost in speed")
-
+           out["cached"]["peak_rss_mb"] / out["plain"]["peak_rss_mb"], detail, target="< 1 (less memory)")
+    report("embedder: cached vs plain loss, training tokens/s (cached / plain)",
+           out["cached"]["tok_s"] / out["plain"]["tok_s"], {"model": a.model, **machine()},
+           target="reported as measured (GradCache embeds twice, but in small mini-batches)")
 
 if __name__ == "__main__":
     main()

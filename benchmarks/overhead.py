@@ -32,13 +32,13 @@ def main() -> None:
     ap.add_argument("runs", nargs="*", type=Path)
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
-    runs = list(a.runs)
-    if a.smoke:
+    runs = list(a.runs) or [p for p in (REPO / "results/runs/smoke", REPO / "results/runs/cpu")
+                            if (p / "logs/timings.jsonl").exists()]
+    if a.smoke:  # a fresh smoke run measured now, then the cpu run's stage times if it exists
         d = Path(tempfile.mkdtemp())
         subprocess.run([sys.executable, "-m", "speed_utils.pipeline", "run", "--profile", "smoke", "--runs-dir", str(d),
                         "--until", "10"], check=True, cwd=REPO)
-        runs.append(d / "smoke")
-    runs = runs or [p for p in (REPO / "results/runs/smoke", REPO / "results/runs/cpu") if (p / "logs/timings.jsonl").exists()]
+        runs = [d / "smoke"] + [p for p in runs if p.name != "smoke"]
     for run in runs:
         rows = latest(run)
         wall = sum(r["wall_s"] for r in rows.values())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from pathlib import Path
 
 from . import assets
 from .config import Config
@@ -63,20 +64,23 @@ def train_junior(cfg: Config, run: RunPaths) -> TrainResult:
 
 
 # ---------------------------------------------------------------- 04 senior
-def sample(cfg: Config, adapter, prompts: list[Prompt], n: int, temperature: float, desc: str) -> list[list[str]]:
+def sample(cfg: Config, adapter, prompts: list[Prompt], n: int, temperature: float, desc: str,
+           journal: Path | None = None) -> list[list[str]]:
+    """``n`` samples per prompt from the base plus ``adapter``; finished batches go to ``journal``."""
     g = cfg.generation
     gen = Generator(base_model(cfg), str(adapter) if adapter else None, batch_size=g.batch_size, backend=g.backend,
                     tensor_parallel=g.tensor_parallel_size)
     reqs = [GenRequest(p.text, n=n, temperature=temperature, top_p=cfg.senior.top_p, max_new_tokens=g.max_new_tokens,
                        seed=cfg.run.seed + i) for i, p in enumerate(prompts)]
-    return gen.generate(reqs, desc=desc)
+    return gen.generate(reqs, desc=desc, journal=journal)
 
 
 def root_data(cfg: Config, run: RunPaths) -> list[dict]:
     """The junior's K samples for each held prompt (SPEED §3.2.3), written to ``root.jsonl``."""
     s = cfg.senior
     prompts = seed_prompts(cfg, read_jsonl(run.data / "tasks.jsonl"), s.n_prompts, purpose="senior")
-    outs = sample(cfg, run.adapters / "junior", prompts, s.k_samples, s.temperature, "04 junior samples")
+    outs = sample(cfg, run.adapters / "junior", prompts, s.k_samples, s.temperature, "04 junior samples",
+                  run.generation_journal)
     rows = [{"id": p.id, "task_type": p.task_type, "task": p.task, "topic": p.topic, "prompt": p.text, "outputs": o}
             for p, o in zip(prompts, outs)]
     write_jsonl(run.data / "root.jsonl", rows)
@@ -167,11 +171,14 @@ def quality_check(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
     """Junior vs senior vs junior+revisor on held-out prompts: validity and a position-swapped judge."""
     q = cfg.quality
     prompts = seed_prompts(cfg, read_jsonl(run.data / "tasks.jsonl"), q.n_prompts, purpose="heldout")
-    junior = [o[0] for o in sample(cfg, run.adapters / "junior", prompts, 1, q.temperature, "05 junior")]
-    senior = [o[0] for o in sample(cfg, run.adapters / "senior", prompts, 1, q.temperature, "05 senior")]
+    junior = [o[0] for o in sample(cfg, run.adapters / "junior", prompts, 1, q.temperature, "05 junior",
+                                   run.generation_journal)]
+    senior = [o[0] for o in sample(cfg, run.adapters / "senior", prompts, 1, q.temperature, "05 senior",
+                                   run.generation_journal)]
     rev_prompts = [Prompt(id=f"q-rev-{p.id}", kind="revise", task_type=p.task_type, task=p.task, topic=p.topic,
                           text=revision_prompt(p.text, p.task, o)) for p, o in zip(prompts, junior)]
-    revised_raw = [o[0] for o in sample(cfg, run.adapters / "revisor", rev_prompts, 1, 0.0, "05 revisor")]
+    revised_raw = [o[0] for o in sample(cfg, run.adapters / "revisor", rev_prompts, 1, 0.0, "05 revisor",
+                                        run.generation_journal)]
     revised = [json.dumps(r.value["revision"]) if (r := parse_revision(p.task_type, t)).ok else t
                for p, t in zip(prompts, revised_raw)]
 

@@ -8,14 +8,19 @@ request. Both take the same :class:`GenRequest` objects and return texts in the 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import json
 import sys
 import time
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from tqdm import tqdm
+
+from .runs import append_jsonl, read_jsonl, sha256_path
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,8 @@ class Generator:
         self.model_id, self.adapter, self.batch_size = model_id, adapter, batch_size
         self.backend = backend if backend not in (None, "auto") else backend_name()
         self.tokens_out = 0
+        # what shapes a batch's texts besides its requests: model, adapter weights, engine
+        self.fingerprint = [model_id, sha256_path(Path(adapter)) if adapter else None, self.backend]
         self.tok = AutoTokenizer.from_pretrained(model_id, padding_side="left")
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
@@ -91,10 +98,17 @@ class Generator:
         return [{"prompt": self.chat_text(r.prompt), "n": r.n, "temperature": r.temperature, "top_p": r.top_p,
                  "max_tokens": r.max_new_tokens, "seed": r.seed} for r in reqs]
 
-    def generate(self, reqs: Sequence[GenRequest], desc: str = "generate") -> list[list[str]]:
-        """``n`` completions per request, in request order."""
+    def generate(self, reqs: Sequence[GenRequest], desc: str = "generate",
+                 journal: Path | None = None) -> list[list[str]]:
+        """``n`` completions per request, in request order.
+
+        ``journal``: a JSONL file where each finished batch is appended, keyed by its requests and
+        :attr:`fingerprint`. A rerun after a kill takes finished batches from it and generates only the
+        rest; batches and their seeds do not depend on what was done before, so the texts are the same.
+        """
         if self.backend == "vllm":  # pragma: no cover - needs a GPU
             return self._generate_vllm(reqs)
+        done = {r["key"]: r["texts"] for r in read_jsonl(journal)} if journal else {}
         out: list[list[str]] = [[] for _ in reqs]
         # one row per (request, sample); only rows with the same sampling settings share a batch
         groups: dict[tuple, list[tuple[int, int]]] = {}
@@ -104,13 +118,22 @@ class Generator:
         bar = tqdm(total=sum(map(len, chunks)), desc=desc, unit="seq", mininterval=2.0, file=sys.stderr)
         t0 = time.monotonic()
         for chunk in chunks:
-            texts = self._batch([reqs[i] for i, _ in chunk], [k for _, k in chunk])
+            key = self._batch_key([reqs[i] for i, _ in chunk], [k for _, k in chunk])
+            texts = done.get(key)
+            if texts is None:
+                texts = self._batch([reqs[i] for i, _ in chunk], [k for _, k in chunk])
+                if journal:
+                    append_jsonl(journal, [{"key": key, "texts": texts}])
             for (i, k), text in zip(chunk, texts):
                 out[i].append((k, text))
             bar.update(len(chunk))
             bar.set_postfix(tok_s=f"{self.tokens_out / max(time.monotonic() - t0, 1e-6):.1f}", refresh=False)
         bar.close()
         return [[t for _, t in sorted(samples)] for samples in out]
+
+    def _batch_key(self, reqs: list[GenRequest], sample_ids: list[int]) -> str:
+        blob = json.dumps([self.fingerprint, self.requests(reqs), sample_ids], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
 
     def _batch(self, reqs: list[GenRequest], sample_ids: list[int]) -> list[str]:
         import torch

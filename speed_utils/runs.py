@@ -162,6 +162,8 @@ class RunPaths:
     manifest = property(lambda s: s.root / "manifest.json")
     ledger = property(lambda s: s.root / "ledger.jsonl")
     teacher_cache = property(lambda s: s.root / "teacher_cache")
+    # finished generation batches of stages 04-05, so a killed stage resumes without regenerating
+    generation_journal = property(lambda s: s.root / "generation_cache" / "batches.jsonl")
     notebooks = property(lambda s: s.root / "notebooks")
     data = property(lambda s: s.root / "data")
     adapters = property(lambda s: s.root / "adapters")

@@ -52,6 +52,34 @@ def test_generator_is_batched_ordered_and_seeded(tiny_lm, tmp_path):
     assert one == Generator(tiny_lm, batch_size=4).generate(greedy)
 
 
+def test_journal_resumes_a_killed_generation_without_redoing_finished_batches(tiny_lm, tmp_path):
+    reqs = [GenRequest(f"Say something about {w}.", n=2, max_new_tokens=6, seed=i)
+            for i, w in enumerate(("cats", "tax", "rain", "sea"))]
+    whole = Generator(tiny_lm, batch_size=3).generate(reqs)  # 8 rows: batches of 3, 3, 2
+    journal = tmp_path / "batches.jsonl"
+    gen = Generator(tiny_lm, batch_size=3)
+    real, calls = gen._batch, []
+
+    def dies_on_third(rs, ids):
+        calls.append(ids)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the kill
+        return real(rs, ids)
+
+    gen._batch = dies_on_third
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate(reqs, journal=journal)
+    with open(journal, "a") as f:
+        f.write('{"key": "cut by the ki')  # a write the kill cut short
+    resumed = Generator(tiny_lm, batch_size=3)
+    redo = []
+    real2 = resumed._batch
+    resumed._batch = lambda rs, ids: redo.append(ids) or real2(rs, ids)
+    assert resumed.generate(reqs, journal=journal) == whole
+    assert len(redo) == 1  # only the batch in flight was generated again
+    assert Generator(tiny_lm, batch_size=2).generate(reqs, journal=journal) == Generator(tiny_lm, batch_size=2).generate(reqs)
+
+
 def test_qlora_is_never_used_without_cuda():
     assert quant_config(True) is None  # this machine has no GPU: plain LoRA, recorded as "lora"
     assert batch_plan(16) == (4, 4) and batch_plan(24) == (4, 6)
