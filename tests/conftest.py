@@ -80,3 +80,14 @@ class Snapshot(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kw):
         now = dict(model.named_parameters())
         self.unchanged = [n for n, p in self.before.items() if torch.equal(p, now[n].detach())]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Counts the tests kept: faults the scripted teacher injected, bad params files tried, by kind."""
+    from tally import TALLIES
+
+    for title, counts in sorted(TALLIES.items()):
+        if counts:
+            terminalreporter.section(f"{title}: {sum(counts.values())}")
+            for kind, n in sorted(counts.items()):
+                terminalreporter.write_line(f"{n:4d}  {kind}")

@@ -20,6 +20,32 @@ def completion(content: str, finish_reason: str = "stop", prompt_tokens: int = 1
                       "total_tokens": prompt_tokens + completion_tokens}}
 
 
+from tally import TALLIES
+
+INJECTED = TALLIES["teacher faults injected"]  # faults served in this test session, by kind
+
+
+def fault_kind(step) -> str | None:
+    """What fault a scripted step injects, or None for a well-formed reply."""
+    kind = step[0]
+    if kind == "sleep":
+        return "delayed reply (read timeout)"
+    if kind == "status":
+        return f"HTTP {step[1]}" + (" with Retry-After" if "Retry-After" in (step[2] if len(step) > 2 else {}) else "")
+    if kind == "raw":
+        return "200 with a non-JSON body"
+    if kind == "json":
+        return "empty choice list" if step[1].get("choices") == [] else "non-standard completion body"
+    if len(step) > 2 and step[2] == "length":
+        return "truncated completion (finish_reason length)"
+    if step[1].lstrip().startswith(("{", "[")):
+        try:
+            json.loads(step[1])
+        except ValueError:
+            return "malformed JSON content"
+    return None
+
+
 class FakeTeacher:
     def __init__(self, default=None):
         self.script: list = []
@@ -39,6 +65,8 @@ class FakeTeacher:
                     fake.requests.append(body)
                     fake.headers.append(dict(self.headers))
                     step = fake.script.pop(0) if fake.script else fake.default(body)
+                    if (fault := fault_kind(step)) is not None:
+                        INJECTED[fault] += 1
                 self._answer(step)
 
             def _answer(self, step):

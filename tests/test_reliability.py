@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from speed_utils import pipeline
+from tally import TALLIES
 from speed_utils.config import ConfigError, load_profile
 from speed_utils.runs import RunLock, RunLocked, RunPaths, append_jsonl, update_manifest, write_jsonl
 
@@ -63,6 +64,7 @@ def test_generated_bad_params_name_the_file_and_the_key(case, tmp_path_factory):
     with pytest.raises(ConfigError) as e:
         load_profile(path)
     assert f"{path}: {dotted}" in str(e.value), str(e.value)
+    TALLIES["bad params files tried"][kind] += 1
 
 
 def test_qlora_without_cuda_fails_before_a_run_folder_exists(tmp_path):
@@ -73,6 +75,7 @@ def test_qlora_without_cuda_fails_before_a_run_folder_exists(tmp_path):
     assert f"{prof}: junior.qlora" in str(e.value) and f"{prof}: embedder.qlora" in str(e.value)
     assert "no CUDA" in str(e.value) and not (tmp_path / "runs").exists()
     assert pipeline.main(["run", "--profile", str(prof), "--runs-dir", str(tmp_path / "runs")]) == 2
+    TALLIES["bad params files tried"]["QLoRA without CUDA"] += 1
 
 
 def test_second_runner_on_the_same_run_folder_exits_with_a_clear_message(tmp_path):

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from fakes import FakeTeacher, completion
+from fakes import INJECTED, FakeTeacher, completion
 from speed_utils.config import load_profile
 from speed_utils.runs import read_jsonl
 from speed_utils.teacher import (BudgetExceeded, Request, Teacher, TeacherError, TeacherSettings, TeacherUnavailable,
@@ -48,6 +48,7 @@ def test_dead_endpoint_gives_clear_error_after_bounded_retries(make_teacher):
     rows = list(read_jsonl(t.run.ledger))
     assert 1 <= len(rows) <= 2  # only the requests in flight were tried; the queued ones never went out
     assert all(r["status"] == "error" and r["error"].startswith("unavailable: connection failed") for r in rows)
+    INJECTED["connection refused (nothing listening)"] += sum(r["attempts"] for r in rows)
 
 
 @pytest.mark.parametrize("code,match", [(401, "access refused"), (403, "access refused"), (404, "404 not found")])
