@@ -40,6 +40,18 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     assert json.loads((tmp_path / "a.json").read_text()) == {"k": 1}
 
 
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    import os
+    import stat
+
+    from speed_utils.runs import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.json", "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+
+
 def test_manifest_records_rows_and_hash(run_paths):
     out = run_paths.data / "seed.jsonl"
     write_jsonl(out, [{"a": 1}, {"a": 2}])
