@@ -432,7 +432,8 @@ def plan_memory(profile: str, log=print) -> int:
         "a stage fits a GPU when the total is within 95% of it")
     if cfg.distributed.accelerate_config and "deepspeed" in cfg.distributed.accelerate_config:
         log("  (per GPU without sharding: ZeRO-3 splits weights and optimizer state across the GPUs, so these are upper bounds)")
-    cols = [c for c in rows[0] if c not in GPUS]
+    cols = list(dict.fromkeys(c for r in rows for c in r if c not in GPUS))  # every row's columns, in order
+    cols = [c for c in cols if c != "total GiB"] + ["total GiB"]
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols + list(GPUS)}
     log("  ".join(c.ljust(widths[c]) for c in cols + list(GPUS)))
     for r in rows:

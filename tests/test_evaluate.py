@@ -115,3 +115,18 @@ def test_wrapper_passes_instructions_to_the_model_during_mteb(tmp_path):
     _, enc = run(evaluate.file_task("STS13", LOCAL, limit=20), BagOfWords(), tmp_path, instructions=True)
     assert enc.seen and all(text.startswith("Instruct: Retrieve semantically similar text.\nQuery: ")
                             for _, _, text in enc.seen)
+
+
+@pytest.mark.slow
+def test_minilm_reproduces_its_published_score_on_the_local_sts13(tmp_path):
+    """all-MiniLM-L6-v2 as released, through our wrapper and the local task, gives its MTEB leaderboard
+    score on STS13 (results/reference/mteb_published.json): the local copy and the metric are MTEB's."""
+    import json
+
+    from speed_utils.embed import encoder_embedder
+
+    published = json.loads((Path(__file__).resolve().parents[1] / "results/reference/mteb_published.json").read_text())
+    model = encoder_embedder(assets.st_folder("all-minilm-l6-v2", online=False))
+    enc = evaluate.InstructedEncoder(model, "sentence-transformers/all-MiniLM-L6-v2", "local", False, 64)
+    rows = evaluate.evaluate_model(enc, [evaluate.file_task("STS13", LOCAL)], tmp_path, 64)
+    assert rows[0]["score"] == pytest.approx(published["scores"]["STS13"], abs=0.05)
