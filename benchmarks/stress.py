@@ -62,14 +62,19 @@ def main() -> None:
     killed, plan = runs / "killed", dict(zip((2, 4, 6), (int(k) for k in a.kills.split(","))))
     kills, carry = [], 0
     for stage, n in plan.items():
-        want, carry, got = n + carry, 0, 0
+        want, carry, got, tries = n + carry, 0, 0, 0
+        marker = killed / "stages" / f"{stage:02d}.done.json"
         while got < want:
-            if (killed / "stages" / f"{stage:02d}.done.json").exists():
+            if marker.exists():
                 carry = want - got  # the stage finished between kills: its remaining kills go to the next stage
                 break
+            tries += 1
+            if tries > 3 * want + 5:
+                raise SystemExit(f"stage {stage:02d}: {got} of {want} kills after {tries - 1} tries; see {killed}/logs")
             before = starts(killed, stage)
             proc = cli(*base, "--run-id", "killed", "--until", str(stage))
-            while starts(killed, stage) == before and proc.poll() is None:
+            give_up = time.monotonic() + 10 * max(took.values())
+            while starts(killed, stage) == before and proc.poll() is None and time.monotonic() < give_up:
                 time.sleep(0.1)
             delay = rng.uniform(0.05, 0.35) * took[stage]  # somewhere inside the stage (a resumed stage is quicker)
             deadline = time.monotonic() + delay
@@ -78,8 +83,12 @@ def main() -> None:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                kills.append({"stage": stage, "after_s": round(delay, 1)})
-                got += 1
+                if not marker.exists():  # a kill after the marker was written did not interrupt the stage
+                    kills.append({"stage": stage, "after_s": round(delay, 1)})
+                    got += 1
+            elif proc.returncode != 0:
+                raise SystemExit(f"stage {stage:02d}: the runner failed on its own (exit {proc.returncode}); "
+                                 f"see {killed}/logs")
             time.sleep(0.5)
     if carry:
         print(f"stage 06 finished before its last {carry} kill(s)", flush=True)

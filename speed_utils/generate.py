@@ -23,6 +23,22 @@ from tqdm import tqdm
 from .runs import append_jsonl, read_jsonl, sha256_path
 
 
+JOURNAL_VERSION = 1  # bump when the sampling code changes what a batch's seed produces
+
+
+def _journal(path: Path | None) -> dict[str, list[str]]:
+    """Finished batches from a generation journal; a damaged journal is only a cache, so it is set aside."""
+    if path is None:
+        return {}
+    try:
+        return {r["key"]: r["texts"] for r in read_jsonl(path)}
+    except (ValueError, KeyError) as e:
+        aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+        path.rename(aside)
+        print(f"generation journal {path} is damaged ({e}); moved to {aside}, regenerating", file=sys.stderr)
+        return {}
+
+
 @dataclass(frozen=True)
 class GenRequest:
     """One prompt, sampled ``n`` times. The prompt is one user turn of the model's chat template."""
@@ -70,8 +86,6 @@ class Generator:
         self.model_id, self.adapter, self.batch_size = model_id, adapter, batch_size
         self.backend = backend if backend not in (None, "auto") else backend_name()
         self.tokens_out = 0
-        # what shapes a batch's texts besides its requests: model, adapter weights, engine
-        self.fingerprint = [model_id, sha256_path(Path(adapter)) if adapter else None, self.backend]
         self.tok = AutoTokenizer.from_pretrained(model_id, padding_side="left")
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
@@ -88,6 +102,18 @@ class Generator:
 
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()  # faster sampling, same outputs
         self.model = model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
+        self.fingerprint = self._fingerprint()
+
+    def _fingerprint(self) -> list:
+        """What shapes a batch's texts besides its requests: weights, adapter, dtype, device, libraries."""
+        import torch
+        import transformers
+
+        if self.adapter and not Path(self.adapter).is_dir():
+            raise FileNotFoundError(f"adapter folder {self.adapter} does not exist")
+        return [JOURNAL_VERSION, self.model_id, getattr(self.model.config, "_commit_hash", None), self.adapter,
+                sha256_path(Path(self.adapter)) if self.adapter else None, str(self.model.dtype),
+                self.model.device.type, torch.__version__, transformers.__version__]
 
     def chat_text(self, prompt: str) -> str:
         return self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
@@ -102,13 +128,14 @@ class Generator:
                  journal: Path | None = None) -> list[list[str]]:
         """``n`` completions per request, in request order.
 
-        ``journal``: a JSONL file where each finished batch is appended, keyed by its requests and
-        :attr:`fingerprint`. A rerun after a kill takes finished batches from it and generates only the
-        rest; batches and their seeds do not depend on what was done before, so the texts are the same.
+        ``journal`` (transformers backend; vLLM runs a stage's requests as one call): a JSONL file where
+        each finished batch is appended, keyed by its requests and :attr:`fingerprint`. A rerun after a
+        kill takes finished batches from it and generates only the rest; batches and their seeds do not
+        depend on what was done before, so the texts are the same.
         """
         if self.backend == "vllm":  # pragma: no cover - needs a GPU
             return self._generate_vllm(reqs)
-        done = {r["key"]: r["texts"] for r in read_jsonl(journal)} if journal else {}
+        done = _journal(journal)
         out: list[list[str]] = [[] for _ in reqs]
         # one row per (request, sample); only rows with the same sampling settings share a batch
         groups: dict[tuple, list[tuple[int, int]]] = {}
@@ -120,7 +147,7 @@ class Generator:
         for chunk in chunks:
             key = self._batch_key([reqs[i] for i, _ in chunk], [k for _, k in chunk])
             texts = done.get(key)
-            if texts is None:
+            if texts is None or len(texts) != len(chunk):
                 texts = self._batch([reqs[i] for i, _ in chunk], [k for _, k in chunk])
                 if journal:
                     append_jsonl(journal, [{"key": key, "texts": texts}])

@@ -21,19 +21,31 @@ from typing import Any, Iterable, Iterator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "results" / "runs"
-_UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
-os.umask(_UMASK)
 
 
 # ---------------------------------------------------------------- atomic and append-only I/O
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask can only read by changing it, for all threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the writer's pid in the name lets a cleaner tell a live writer's file from one cut by a kill
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # the mode open() would give, not mkstemp's private 0600
         with os.fdopen(fd, "wb") as f:
+            try:
+                os.fchmod(f.fileno(), 0o666 & ~_umask())  # the mode open() would give, not mkstemp's 0600
+            except OSError:
+                pass  # a filesystem that refuses chmod keeps mkstemp's mode
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -78,6 +78,9 @@ def test_journal_resumes_a_killed_generation_without_redoing_finished_batches(ti
     assert resumed.generate(reqs, journal=journal) == whole
     assert len(redo) == 1  # only the batch in flight was generated again
     assert Generator(tiny_lm, batch_size=2).generate(reqs, journal=journal) == Generator(tiny_lm, batch_size=2).generate(reqs)
+    journal.write_text('{"key": 1}\nnot json\n{"key": 2}\n')  # damaged in the middle: a cache, set aside
+    assert Generator(tiny_lm, batch_size=3).generate(reqs, journal=journal) == whole
+    assert len(list(tmp_path.glob("batches.jsonl.damaged-*"))) == 1
 
 
 def test_qlora_is_never_used_without_cuda():
