@@ -311,7 +311,10 @@ def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until:
                 f"  logs: {run_paths.logs / (files[n].stem + '.stderr.log')}")
             return 1
         except Exception as e:  # kernel died, notebook unreadable, ...
-            log(f"{label}: FAILED before or outside a cell: {type(e).__name__}: {e}\n  executed notebook: {out_nb}")
+            hint = ("\n  the kernel process was killed, most often by the out-of-memory killer: lower the stage's "
+                    "micro_batch_size or max_length in the profile (`speed-repro plan` estimates GPU memory)"
+                    if type(e).__name__ == "DeadKernelError" else "")
+            log(f"{label}: FAILED before or outside a cell: {type(e).__name__}: {e}\n  executed notebook: {out_nb}{hint}")
             return 1
         ok, why = marker_matches(run_paths, cfg, stage)
         if not ok:
