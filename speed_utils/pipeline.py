@@ -675,6 +675,9 @@ def main(argv: list[str] | None = None) -> int:
     except (StageError, AssetError, TeacherError, SynthesisError, RunLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into head or less, closed early: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _models(action: str, names: list[str]) -> int:
