@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .config import EmbedderCfg, LoraCfg
+from .runs import remove
 
 # E5-mistral's instruction for MS MARCO-style search, the default query prompt of a saved model.
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -245,9 +246,8 @@ def train_stage(cfg, run) -> dict:
     jobs = [("embedder", cfg.models.embedder, ec.lr)]
     if cfg.models.baseline_embedder and ec.baseline_finetune:
         jobs.append(("baseline", cfg.models.baseline_embedder, ec.baseline_lr))
-    if len(jobs) == 1 and (run.models / "baseline").exists():  # not trained this time: never evaluate a stale one
-        shutil.rmtree(run.models / "baseline") if not (run.models / "baseline").is_symlink() \
-            else (run.models / "baseline").unlink()
+    if len(jobs) == 1:  # the baseline is not trained this time: never evaluate a stale one
+        remove(run.models / "baseline")
     for folder, name, lr in jobs:
         print(f"training {name} on {len(rows)} examples -> models/{folder}", flush=True)
         st, lora, rebuild = load_for_training(name, ec.max_length, ec.qlora, online)

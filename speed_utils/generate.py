@@ -145,10 +145,11 @@ class Generator:
         bar = tqdm(total=sum(map(len, chunks)), desc=desc, unit="seq", mininterval=2.0, file=sys.stderr)
         t0 = time.monotonic()
         for chunk in chunks:
-            key = self._batch_key([reqs[i] for i, _ in chunk], [k for _, k in chunk])
+            batch, sample_ids = [reqs[i] for i, _ in chunk], [k for _, k in chunk]
+            key = self._batch_key(batch, sample_ids)
             texts = done.get(key)
             if texts is None or len(texts) != len(chunk):
-                texts = self._batch([reqs[i] for i, _ in chunk], [k for _, k in chunk])
+                texts = self._batch(batch, sample_ids)
                 if journal:
                     append_jsonl(journal, [{"key": key, "texts": texts}])
             for (i, k), text in zip(chunk, texts):

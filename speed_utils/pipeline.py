@@ -22,8 +22,7 @@ from typing import Callable
 from .assets import AssetError
 from .config import Config, ConfigError, list_profiles, load_profile, profile_path, resolve_path
 from .runs import (LOCK_ENV, REPO_ROOT, RESULTS_DIR, RunLock, RunLocked, RunPaths, append_jsonl, atomic_write_json,
-                   atomic_write_text,
-                   read_manifest, sha256_path, verify_files,
+                   atomic_write_text, read_jsonl, read_manifest, remove, sha256_path, verify_files,
                    update_manifest, versions)
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -363,7 +362,6 @@ def snapshot(run_dir: Path, dest: Path, log=print) -> int:
     import shutil
 
     from .cost import usage
-    from .runs import read_jsonl
 
     run_paths, dest = RunPaths(Path(run_dir)), Path(dest)
     if not run_paths.config.exists():
@@ -378,12 +376,13 @@ def snapshot(run_dir: Path, dest: Path, log=print) -> int:
             shutil.copyfile(src, dest / src.name)
             copied.append(src.name)
     rows = list(read_jsonl(run_paths.ledger))
-    fresh = [r for r in rows if not r.get("cache_hit")]
+    per_stage = usage(rows, by="stage")
     summary = {stage: {"calls": u.calls, "cache_hits": u.cache_hits, "prompt_tokens": u.prompt_tokens,
-                       "completion_tokens": u.completion_tokens} for stage, u in sorted(usage(rows, by="stage").items())}
-    summary["total"] = {"calls": len(fresh), "unique_request_keys": len({r["key"] for r in fresh}),
-                        "prompt_tokens": sum(r.get("prompt_tokens") or 0 for r in fresh),
-                        "completion_tokens": sum(r.get("completion_tokens") or 0 for r in fresh)}
+                       "completion_tokens": u.completion_tokens} for stage, u in sorted(per_stage.items())}
+    summary["total"] = {"calls": sum(u.calls for u in per_stage.values()),
+                        "unique_request_keys": len({r["key"] for r in rows if not r.get("cache_hit")}),
+                        "prompt_tokens": sum(u.prompt_tokens for u in per_stage.values()),
+                        "completion_tokens": sum(u.completion_tokens for u in per_stage.values())}
     atomic_write_json(dest / "ledger_summary.json", summary)
     log(f"snapshot of {run_dir} in {dest}: {len(copied) + 1} files")
     return 0
@@ -527,12 +526,7 @@ def adopt_stages(run_paths: RunPaths, cfg: Config, donors: list[RunPaths], until
                 continue
             for rel in mark["outputs"]:
                 target = run_paths.root / rel
-                if target.is_symlink() or target.is_file():
-                    target.unlink()
-                elif target.is_dir():
-                    import shutil
-
-                    shutil.rmtree(target)
+                remove(target)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.symlink((donor.root / rel).resolve(), target)
             manifest = read_manifest(run_paths)

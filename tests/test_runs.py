@@ -57,3 +57,18 @@ def test_manifest_records_rows_and_hash(run_paths):
     write_jsonl(out, [{"a": 1}, {"a": 2}])
     m = update_manifest(run_paths, 2, [out])
     assert m["files"]["data/seed.jsonl"] == {"stage": 2, "sha256": sha256_path(out), "bytes": out.stat().st_size, "rows": 2}
+
+
+def test_remove_takes_links_not_their_targets(tmp_path):
+    from speed_utils.runs import remove
+
+    donor = tmp_path / "donor"
+    (donor / "sub").mkdir(parents=True)
+    (donor / "sub" / "w.bin").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(donor)
+    (tmp_path / "f.txt").write_text("x")
+    for name in ("link", "f.txt", "donor", "absent"):
+        remove(tmp_path / name)
+        assert not (tmp_path / name).exists() and not (tmp_path / name).is_symlink()
+        if name == "link":
+            assert (donor / "sub" / "w.bin").exists()  # the linked folder is kept
