@@ -242,6 +242,9 @@ def train_stage(cfg, run) -> dict:
     if not rows:
         raise ValueError(f"no training example in {', '.join(ec.train_on)} data ({run.data}); "
                          "stage 06 produced no valid example")
+    if ec.train_examples and len(rows) < ec.train_examples:
+        print(f"WARNING: embedder.train_examples asks for {ec.train_examples} examples, but the "
+              f"{' + '.join(ec.train_on)} data holds {len(rows)}: training on all {len(rows)}", flush=True)
     out = {}
     jobs = [("embedder", cfg.models.embedder, ec.lr)]
     if cfg.models.baseline_embedder and ec.baseline_finetune:

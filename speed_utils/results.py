@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -249,10 +250,28 @@ def sweep_rows(summary: dict) -> list[dict]:
         scores = {r["task"]: r["score"] for r in read_jsonl(run / "data" / "scores.jsonl") if r["label"].endswith("+ our data")
                   and not r["label"].startswith(str(cfg["models"].get("baseline_embedder")))}
         out.append({"point": name, "generator": cfg["synthesis"]["generator"], "revised": cfg["synthesis"]["revise"],
-                    "synthetic_kept": synth["kept"], "train_examples": trained["examples"],
+                    "synthetic_kept": synth["kept"], "asked": cfg["embedder"].get("train_examples"),
+                    "train_examples": trained["examples"],
                     "avg": round(mean(scores.values()), 2) if scores else None, "tasks": scores,
                     "adopted_stages": point["adopted"]})
     return out
+
+
+def size_warnings(kind: str, rows: list[dict]) -> list[str]:
+    """What breaks a sweep's comparison: a point trained on fewer examples than it asked for (stage 06
+    kept too few), ablation points of unequal size (Table 2 compares at equal size), or scaling points
+    that collapsed onto the same size."""
+    notes = [f"{kind} point {r['point']!r} trained on {r['train_examples']} examples, not the {r['asked']} asked: "
+             f"its data holds only {r['synthetic_kept']} synthetic rows" for r in rows
+             if r.get("asked") and r["train_examples"] < r["asked"]]
+    sizes = Counter(r["train_examples"] for r in rows)
+    if kind == "ablation" and len(sizes) > 1:
+        notes.append("ablation points differ in size (" + ", ".join(f"{r['point']}: {r['train_examples']}" for r in rows)
+                     + "): not the equal-size comparison of Table 2")
+    if kind == "scaling":
+        notes += [f"scaling points {', '.join(r['point'] for r in rows if r['train_examples'] == n)} all trained on {n} examples"
+                  for n, c in sizes.items() if c > 1]
+    return notes
 
 
 def loglinear_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -265,5 +284,5 @@ def loglinear_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
-__all__ = ["sweep_rows", "loglinear_fit", "run_summary", "read_result", "load_folder", "eng_v1_scores", "category_table", "table_row", "paper_rows", "deltas",
+__all__ = ["sweep_rows", "size_warnings", "loglinear_fit", "run_summary", "read_result", "load_folder", "eng_v1_scores", "category_table", "table_row", "paper_rows", "deltas",
            "describe_coverage", "local_groups", "paper", "TaskScore", "CATEGORIES"]

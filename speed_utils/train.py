@@ -28,9 +28,13 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def has_bitsandbytes() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
 def quant_config(want_qlora: bool):
     """A 4-bit nf4 config when QLoRA is asked for and possible, else None (plain LoRA)."""
-    if not (want_qlora and cuda_available() and importlib.util.find_spec("bitsandbytes")):
+    if not (want_qlora and cuda_available() and has_bitsandbytes()):
         return None
     import torch
     from transformers import BitsAndBytesConfig
@@ -55,9 +59,11 @@ def devices() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def batch_plan(batch_size: int, devices: int = 1, micro: int | None = None) -> tuple[int, int]:
+def batch_plan(batch_size: int, devices: int = 1, micro: int | None = None,
+               on_gpu: bool | None = None) -> tuple[int, int]:
     """(per-device batch, gradient accumulation) so that their product times devices >= batch_size."""
-    micro = min(batch_size, micro or (batch_size if cuda_available() else MICRO_BATCH_CPU))
+    on_gpu = cuda_available() if on_gpu is None else on_gpu
+    micro = min(batch_size, micro or (batch_size if on_gpu else MICRO_BATCH_CPU))
     return micro, max(1, math.ceil(batch_size / (micro * devices)))
 
 
@@ -101,14 +107,23 @@ def step_logger():
     return StepLog()
 
 
-def trainer_args(tc: TrainCfg, out_dir: Path, seed: int, qlora: bool, **extra) -> dict:
-    """Arguments shared by SFTConfig and DPOConfig, with bf16/checkpointing set explicitly."""
-    on_gpu = cuda_available()
-    micro, accum = batch_plan(tc.batch_size, devices(), tc.micro_batch_size)
+def optimizer(on_gpu: bool) -> str:
+    """Paged AdamW on a GPU, the recipe of the paper's generator trainings (optimizer state pages
+    to host memory on spikes; bitsandbytes provides it); plain AdamW on the CPU, where paging means nothing."""
+    return "paged_adamw_32bit" if on_gpu and has_bitsandbytes() else "adamw_torch"
+
+
+def trainer_args(tc: TrainCfg, out_dir: Path, seed: int, on_gpu: bool | None = None, **extra) -> dict:
+    """Arguments shared by SFTConfig and DPOConfig, with bf16/checkpointing set explicitly.
+
+    ``on_gpu`` defaults to what this machine has; tests pass True to build the GPU settings on the CPU.
+    """
+    on_gpu = cuda_available() if on_gpu is None else on_gpu
+    micro, accum = batch_plan(tc.batch_size, devices(), tc.micro_batch_size, on_gpu)
     return dict(output_dir=str(out_dir), learning_rate=tc.lr, per_device_train_batch_size=micro,
                 gradient_accumulation_steps=accum, num_train_epochs=tc.epochs, seed=seed,
                 bf16=on_gpu, fp16=False, gradient_checkpointing=on_gpu, use_cpu=not on_gpu,
-                optim="paged_adamw_32bit" if qlora else "adamw_torch", lr_scheduler_type="linear",
+                optim=optimizer(on_gpu), lr_scheduler_type="linear",
                 warmup_steps=0.03, logging_steps=1, save_strategy="no", report_to="none",
                 dataloader_num_workers=0, disable_tqdm=True, **extra)
 
@@ -164,7 +179,7 @@ def sft(model_id: str, rows: Sequence[dict], out_dir: Path, tc: TrainCfg, max_le
     model, tok, used_qlora = load_causal_lm(model_id, tc.qlora)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
                                "completion": [{"role": "assistant", "content": r["completion"]}]} for r in rows])
-    args = SFTConfig(**trainer_args(tc, out_dir, seed, used_qlora), max_length=max_length,
+    args = SFTConfig(**trainer_args(tc, out_dir, seed), max_length=max_length,
                      completion_only_loss=True, packing=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
                          peft_config=lora_config(tc.lora), callbacks=[*(callbacks or []), step_logger()])
@@ -190,7 +205,7 @@ def dpo(model_id: str, junior_adapter: str | Path, pairs: Sequence[dict], out_di
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}],
                                "chosen": [{"role": "assistant", "content": p["chosen"]}],
                                "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
-    args = DPOConfig(**trainer_args(tc, out_dir, seed, used_qlora), beta=tc.beta, max_length=max_length)
+    args = DPOConfig(**trainer_args(tc, out_dir, seed), beta=tc.beta, max_length=max_length)
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data, processing_class=tok,
                          callbacks=[*(callbacks or []), step_logger()])
     trainer.train()

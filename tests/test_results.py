@@ -62,3 +62,18 @@ def test_deltas_only_where_both_are_numbers():
     speed = next(r for r in results.paper_rows() if r["model"].startswith("SPEED"))
     ours = {"model": "x", "Class.": 70.0, "Clust.": "45.00 (3/11)", "Avg": "— (20/56)"}
     assert results.deltas(ours, speed) == {"Class.": -8.3}
+
+
+def test_sweep_sizes_that_break_the_comparison_are_named():
+    def row(point, asked, trained, kept=500):
+        return {"point": point, "asked": asked, "train_examples": trained, "synthetic_kept": kept}
+
+    equal = [row("senior", 150, 150), row("junior", 150, 150)]
+    assert results.size_warnings("ablation", equal) == []
+    short = [row("senior", 150, 150), row("junior", 150, 120, kept=120)]
+    notes = results.size_warnings("ablation", short)
+    assert notes[0].startswith("ablation point 'junior' trained on 120 examples, not the 150 asked")
+    assert "differ in size (senior: 150, junior: 120)" in notes[1] and len(notes) == 2
+    collapsed = [row("n=100", 100, 100), row("n=200", 200, 180, kept=180), row("n=400", 400, 180, kept=180)]
+    notes = results.size_warnings("scaling", collapsed)
+    assert notes[-1] == "scaling points n=200, n=400 all trained on 180 examples" and len(notes) == 3

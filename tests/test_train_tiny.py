@@ -1,12 +1,15 @@
 """SFT, DPO and the generator on a tiny Llama built from a config (SmolLM2's tokenizer and chat template)."""
+import json
 import math
 
 import pytest
 import torch
-from conftest import Snapshot
+from conftest import Snapshot, random_adapter
 
 from speed_utils.config import JuniorCfg, LoraCfg, SeniorCfg
+from speed_utils import align
 from speed_utils.generate import GenRequest, Generator
+from speed_utils.runs import write_jsonl
 from speed_utils.train import batch_plan, dpo, quant_config, sft
 
 pytestmark = pytest.mark.slow
@@ -40,6 +43,35 @@ def test_dpo_from_junior_trains_and_reports_margins(tiny_lm, tmp_path):
     assert snap.unchanged == [] and not any(".ref." in n for n in snap.before)  # the reference stays frozen
     assert res.extra["reward_margins"]
     assert not (tmp_path / "senior" / "ref").exists()
+
+
+def test_revisor_trains_a_fresh_adapter_on_the_base_model(tiny_lm, smoke_cfg, run_paths, monkeypatch):
+    """SPEED Eq. 3: the revisor starts from the base model, not the junior; input = prompt + task +
+    original, target = the teacher's {"reason", "revision"}."""
+    revisions = [{"id": f"rev-{i}", "task_type": "sts", "revisor_input": f"Revise example {i}.", "reason": "too close",
+                  "revision": {"S1": f"a cat {i}", "S2": "a kitten", "S3": "a car"}} for i in range(16)]
+    write_jsonl(run_paths.data / "revisions.jsonl", revisions)
+    random_adapter(tiny_lm, run_paths.adapters / "junior")  # a trained junior is there; it must not be the start
+    seen, snap, real_sft = [], Snapshot(), align.sft
+
+    def sft_watched(model_id, rows, *args, **kw):
+        seen.append((model_id, rows))
+        return real_sft(model_id, rows, *args, callbacks=[snap], **kw)
+
+    monkeypatch.setattr(align, "base_model", lambda cfg: tiny_lm)
+    monkeypatch.setattr(align, "sft", sft_watched)
+    res = align.train_revisor(smoke_cfg, run_paths)
+
+    (model_id, rows), = seen
+    assert model_id == tiny_lm and rows[0]["prompt"] == "Revise example 0."
+    assert json.loads(rows[0]["completion"]) == {"reason": "too close", "revision": revisions[0]["revision"]}
+    lora_b = [p for n, p in snap.before.items() if "lora_B" in n]
+    assert lora_b and all(torch.count_nonzero(p) == 0 for p in lora_b)  # a fresh adapter, not the junior's
+    # >= 3 steps: the first warms up at lr 0, and lora_A moves only once lora_B is non-zero
+    assert res.steps >= 3 and res.losses and all(math.isfinite(loss) for _, loss in res.losses)
+    assert snap.unchanged == []
+    saved = json.loads((run_paths.adapters / "revisor" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == tiny_lm
 
 
 def test_generator_is_batched_ordered_and_seeded(tiny_lm, tmp_path):

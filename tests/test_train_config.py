@@ -1,0 +1,44 @@
+"""The GPU generator trainings (gpu-24gb, paper) as configs, built on the CPU: SPEED App. B's
+learning rates and batches, LoRA r16/alpha 32 on all projections, paged AdamW, gradient
+checkpointing and bf16, accepted by trl's SFTConfig/DPOConfig."""
+import pytest
+from trl import DPOConfig, SFTConfig
+
+from speed_utils import train
+from speed_utils.config import load_profile
+
+PAPER_LR_BATCH = {"junior": (1e-4, 16), "senior": (1e-5, 16), "revisor": (5e-6, 24)}
+
+
+@pytest.mark.parametrize("profile", ["gpu-24gb", "paper"])
+@pytest.mark.parametrize("section", ["junior", "senior", "revisor"])
+def test_gpu_training_config_builds_on_the_cpu(profile, section, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "has_bitsandbytes", lambda: True)  # as on a CUDA machine with bitsandbytes
+    cfg = load_profile(profile)
+    assert cfg.models.generator == "llama-3-8b"
+    tc = getattr(cfg, section)
+    assert (tc.lr, tc.batch_size) == PAPER_LR_BATCH[section]
+
+    lora = train.lora_config(tc.lora)
+    assert (lora.r, lora.lora_alpha, lora.target_modules) == (16, 32, "all-linear")
+
+    args = train.trainer_args(tc, tmp_path, seed=0, on_gpu=True)
+    assert args["bf16"] and args["gradient_checkpointing"] and not args["use_cpu"]
+    assert args["optim"] == "paged_adamw_32bit"
+    assert args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] >= tc.batch_size
+
+    # This machine has no GPU, so trl refuses bf16 without use_cpu: that is the only setting changed.
+    on_cpu = {**args, "use_cpu": True}
+    built = (DPOConfig(**on_cpu, beta=tc.beta, max_length=tc.max_length) if section == "senior"
+             else SFTConfig(**on_cpu, max_length=tc.max_length, completion_only_loss=True))
+    assert built.learning_rate == tc.lr and built.bf16 and built.gradient_checkpointing
+    assert built.optim.value == "paged_adamw_32bit"
+    if section == "senior":
+        assert built.beta == 0.1
+
+
+def test_cpu_training_config_is_plain_adamw_in_fp32(tmp_path):
+    tc = load_profile("cpu").junior
+    args = train.trainer_args(tc, tmp_path, seed=0, on_gpu=False)
+    assert (args["optim"], args["bf16"], args["gradient_checkpointing"], args["use_cpu"]) == ("adamw_torch", False, False, True)
+    assert (args["per_device_train_batch_size"], args["gradient_accumulation_steps"]) == (4, 2)  # batch 8 on the CPU
