@@ -32,6 +32,9 @@ def main() -> None:
     gen = Generator(path, batch_size=a.batch, backend="transformers")
     reqs = [GenRequest(p, temperature=1.0, top_p=1.0, max_new_tokens=a.tokens, seed=i) for i, p in enumerate(prompts)]
 
+    # warm both paths up first (kernels, allocator), so neither pays for it inside its timer
+    gen.generate(reqs[:2], desc="warm-up")
+    gen.tokens_out = 0
     # naive: the same model object, one prompt at a time, a plain generate call each
     tok, model = gen.tok, gen.model
     naive_tokens = 0
