@@ -410,7 +410,10 @@ def synthesize(profile: str, run_id: str | None, shard: str, runs_dir: Path | No
     from . import synthesis
 
     cfg = load_profile(profile)
-    part = synthesis.Shard.parse(shard)
+    try:
+        part = synthesis.Shard.parse(shard)
+    except ValueError as e:
+        raise synthesis.SynthesisError(str(e)) from None
     run_paths = RunPaths.for_run(run_id or cfg.name, runs_dir)
     for rel in STAGES[6].inputs:
         if not (run_paths.root / rel).exists():

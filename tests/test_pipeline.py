@@ -107,6 +107,21 @@ def test_smoke_sweep_adopts_shared_stages(smoke_run):
         assert trained == min(int(name.split("=")[1]), available)  # smoke trains on synthetic + seed data
 
 
+def test_synthesize_shard_cli_resumes_to_nothing_on_a_finished_run(smoke_run, tmp_path):
+    runs, run, _ = smoke_run
+    chunks = json.loads((run / "stages/06.done.json").read_text())["metrics"]
+    proc = cli("synthesize", "--profile", "smoke", "--runs-dir", str(runs), "--run-id", "s1", "--shard", "1/2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("shard 1/2: made 0 chunks") and "already there" in line, line  # every chunk is on disk
+    assert not fresh_calls(run, "06")
+    empty = cli("synthesize", "--profile", "smoke", "--runs-dir", str(tmp_path), "--run-id", "none", "--shard", "0/2")
+    assert empty.returncode == 1 and "synthesis needs" in empty.stderr and "which stage" in empty.stderr
+    bad = cli("synthesize", "--profile", "smoke", "--runs-dir", str(runs), "--run-id", "s1", "--shard", "2/2")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: --shard '2/2': need 0 <= i < n")
+    assert chunks == json.loads((run / "stages/06.done.json").read_text())["metrics"]
+
+
 def test_api_key_in_environment_reaches_no_output(smoke_run):
     runs, run, proc = smoke_run
     assert CANARY not in proc.stdout + proc.stderr
