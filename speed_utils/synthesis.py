@@ -289,9 +289,10 @@ def edit_distance(a: dict, b: dict) -> float:
 
 
 def lengths(rows: list[dict]) -> list[dict]:
-    """Word counts of query, positive and negative per example, for the length histograms."""
-    return [{"task_type": r["task_type"], **{k: len((r.get(k) or "").split()) for k in ("query", "positive", "negative")}}
-            for r in rows]
+    """Word counts of query, positive and negative per example, for the length histograms
+    (None where an example has no hard negative, so it does not count as a 0-word one)."""
+    return [{"task_type": r["task_type"], **{k: None if r.get(k) is None else len(r[k].split())
+                                             for k in ("query", "positive", "negative")}} for r in rows]
 
 
 __all__ = ["Shard", "prompts", "make_chunks", "merge", "read_chunks", "edit_distance", "lengths", "KEYS"]

@@ -190,3 +190,9 @@ def test_variant_without_revisor_reuses_the_writers_chunks(tmp_path, tiny_lm, ad
     rows = synthesis.read_chunks(without, run)
     assert all(r["revisor_raw"] is None for r in rows)
     assert [r["raw"] for r in rows] == [r["raw"] for r in synthesis.read_chunks(with_rev, run)]
+
+def test_lengths_leave_a_missing_negative_out_rather_than_count_zero_words():
+    rows = [{"task_type": "sts", "query": "a b", "positive": "c d e", "negative": "f"},
+            {"task_type": "short_short", "query": "a", "positive": "b c", "negative": None}]
+    assert synthesis.lengths(rows) == [{"task_type": "sts", "query": 2, "positive": 3, "negative": 1},
+                                       {"task_type": "short_short", "query": 1, "positive": 2, "negative": None}]
