@@ -194,8 +194,7 @@ def quality_check(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
     kept, rejects = ask_teacher(teacher, pair_prompts, _Sampling(400), cfg.run.seed, "05 teacher compares",
                                 parse=lambda p, r: parse_judgement(r.content, 2), schema=lambda p: fmt)
     senior_first = dict(zip((p.id for p in pair_prompts), order))
-    wins = sum((parsed.value["best"] == 0) == senior_first[p.id] for p, _, parsed in kept)
-    trials = len(kept)
+    verdict = pairwise_tally([(p.id.rsplit("-", 1)[0], senior_first[p.id], parsed.value["best"]) for p, _, parsed in kept])
 
     rows = []
     for p, j, s, r in zip(prompts, junior, senior, revised):
@@ -206,11 +205,28 @@ def quality_check(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
     write_jsonl(run.data / "quality.jsonl", rows)
     table = {name: {k: round(sum(row[f"{name}_{k}"] for row in rows) / max(len(rows), 1), 3)
                     for k in ("valid_json", "schema_valid")} for name in ("junior", "senior", "revised")}
-    lo, hi = wilson(wins, trials)
-    return {"prompts": len(prompts), "validity": table,
-            "senior_vs_junior": {"wins": wins, "trials": trials, "win_rate": round(wins / trials, 3) if trials else None,
-                                 "ci95": [round(lo, 3), round(hi, 3)], "judge_rejects": len(rejects)}}
+    return {"prompts": len(prompts), "validity": table, "senior_vs_junior": {**verdict, "judge_rejects": len(rejects)}}
+
+
+def pairwise_tally(trials: list[tuple[str, bool, int]]) -> dict:
+    """Senior vs junior from (prompt id, senior shown first, index the judge named best) trials.
+
+    Every order is one trial: ``win_rate`` with its 95% Wilson interval. Because each prompt is asked in
+    both orders, the judge's position bias shows too: how often it named the first output best, and per
+    prompt whether it preferred the same model in both orders or flipped with the order."""
+    wins = sum((best == 0) == first for _, first, best in trials)
+    lo, hi = wilson(wins, len(trials))
+    senior_won: dict[str, dict[bool, bool]] = {}
+    for pid, first, best in trials:
+        senior_won.setdefault(pid, {})[first] = (best == 0) == first
+    both = [v for v in senior_won.values() if len(v) == 2]
+    return {"wins": wins, "trials": len(trials), "win_rate": round(wins / len(trials), 3) if trials else None,
+            "ci95": [round(lo, 3), round(hi, 3)],
+            "first_named_best": round(sum(best == 0 for _, _, best in trials) / len(trials), 3) if trials else None,
+            "prompts_senior_both_orders": sum(all(v.values()) for v in both),
+            "prompts_junior_both_orders": sum(not any(v.values()) for v in both),
+            "prompts_split_by_order": sum(v[True] != v[False] for v in both)}
 
 
 __all__ = ["train_junior", "root_data", "judge_root", "train_senior", "revise_root", "train_revisor",
-           "quality_check", "wilson"]
+           "quality_check", "pairwise_tally", "wilson"]

@@ -99,3 +99,17 @@ def test_wilson_interval():
     lo, hi = wilson(30, 50)
     assert 0.46 < lo < 0.47 and 0.72 < hi < 0.73  # textbook value for 30/50: [0.462, 0.724]
     assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_pairwise_tally_separates_preference_from_position_bias():
+    from speed_utils.align import pairwise_tally
+
+    # p1: senior named best in both orders; p2: the judge always names the first output (pure position bias);
+    # p3: junior best in both orders; p4: only one order parsed
+    trials = [("p1", False, 1), ("p1", True, 0), ("p2", False, 0), ("p2", True, 0),
+              ("p3", False, 0), ("p3", True, 1), ("p4", True, 0)]
+    t = pairwise_tally(trials)
+    assert (t["wins"], t["trials"], t["win_rate"]) == (4, 7, round(4 / 7, 3))
+    assert t["first_named_best"] == round(5 / 7, 3)
+    assert (t["prompts_senior_both_orders"], t["prompts_junior_both_orders"], t["prompts_split_by_order"]) == (1, 1, 1)
+    assert pairwise_tally([])["win_rate"] is None
