@@ -40,7 +40,7 @@ def one(variant: str, model: str, batch: int, mini: int, steps: int, max_length:
         res = embed.train(st, data, Path(d) / "m", ec, name=model)
     # tokens/s over the optimisation steps only: merging and saving the model is the same for both variants
     return {"variant": variant, "s": res.train_seconds, "steps": res.steps, "tokens": n_tokens,
-            "tok_s": round(n_tokens / res.train_seconds, 1), "peak_rss_mb": round(peak_rss_mb()),
+            "tok_s": round(n_tokens / max(res.train_seconds, 0.1), 1), "peak_rss_mb": round(peak_rss_mb()),
             "final_loss": res.losses[-1][1]}
 
 

@@ -262,7 +262,7 @@ def size_warnings(kind: str, rows: list[dict]) -> list[str]:
     kept too few), ablation points of unequal size (Table 2 compares at equal size), or scaling points
     that collapsed onto the same size."""
     notes = [f"{kind} point {r['point']!r} trained on {r['train_examples']} examples, not the {r['asked']} asked: "
-             f"its data holds only {r['synthetic_kept']} synthetic rows" for r in rows
+             f"that is all its training data held ({r['synthetic_kept']} synthetic rows kept)" for r in rows
              if r.get("asked") and r["train_examples"] < r["asked"]]
     sizes = Counter(r["train_examples"] for r in rows)
     if kind == "ablation" and len(sizes) > 1:

@@ -78,6 +78,7 @@ class TrainResult:
     trainable_params: int
     losses: list[tuple[int, float]] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    optimizer: str = ""  # what trained: paged AdamW on a GPU with bitsandbytes, AdamW otherwise
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +111,8 @@ def step_logger():
 def optimizer(on_gpu: bool) -> str:
     """Paged AdamW on a GPU, the recipe of the paper's generator trainings (optimizer state pages
     to host memory on spikes; bitsandbytes provides it); plain AdamW on the CPU, where paging means nothing."""
+    if on_gpu and not has_bitsandbytes():
+        log.warning("bitsandbytes is not installed: training with plain AdamW, not paged AdamW")
     return "paged_adamw_32bit" if on_gpu and has_bitsandbytes() else "adamw_torch"
 
 
@@ -162,7 +165,8 @@ def _finish(trainer, out_dir: Path, used_qlora: bool, t0: float, **extra) -> Tra
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     return TrainResult(adapter=str(out_dir), path="qlora" if used_qlora else "lora",
                        steps=trainer.state.global_step, seconds=round(time.monotonic() - t0, 1),
-                       trainable_params=trainable, losses=_losses(trainer), extra=extra)
+                       trainable_params=trainable, losses=_losses(trainer), extra=extra,
+                       optimizer=str(getattr(trainer.args.optim, "value", trainer.args.optim)))
 
 
 def sft(model_id: str, rows: Sequence[dict], out_dir: Path, tc: TrainCfg, max_length: int, seed: int = 0,

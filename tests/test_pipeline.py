@@ -118,7 +118,7 @@ def test_synthesize_shard_cli_resumes_to_nothing_on_a_finished_run(smoke_run, tm
     empty = cli("synthesize", "--profile", "smoke", "--runs-dir", str(tmp_path), "--run-id", "none", "--shard", "0/2")
     assert empty.returncode == 1 and "synthesis needs" in empty.stderr and "which stage" in empty.stderr
     bad = cli("synthesize", "--profile", "smoke", "--runs-dir", str(runs), "--run-id", "s1", "--shard", "2/2")
-    assert bad.returncode == 1 and bad.stderr.startswith("error: --shard '2/2': need 0 <= i < n")
+    assert bad.returncode == 1 and "error: --shard '2/2': need 0 <= i < n" in bad.stderr
     assert chunks == json.loads((run / "stages/06.done.json").read_text())["metrics"]
 
 

@@ -73,6 +73,7 @@ def test_sweep_sizes_that_break_the_comparison_are_named():
     short = [row("senior", 150, 150), row("junior", 150, 120, kept=120)]
     notes = results.size_warnings("ablation", short)
     assert notes[0].startswith("ablation point 'junior' trained on 120 examples, not the 150 asked")
+    assert "all its training data held (120 synthetic rows kept)" in notes[0]
     assert "differ in size (senior: 150, junior: 120)" in notes[1] and len(notes) == 2
     collapsed = [row("n=100", 100, 100), row("n=200", 200, 180, kept=180), row("n=400", 400, 180, kept=180)]
     notes = results.size_warnings("scaling", collapsed)

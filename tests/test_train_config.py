@@ -42,3 +42,9 @@ def test_cpu_training_config_is_plain_adamw_in_fp32(tmp_path):
     args = train.trainer_args(tc, tmp_path, seed=0, on_gpu=False)
     assert (args["optim"], args["bf16"], args["gradient_checkpointing"], args["use_cpu"]) == ("adamw_torch", False, False, True)
     assert (args["per_device_train_batch_size"], args["gradient_accumulation_steps"]) == (4, 2)  # batch 8 on the CPU
+
+
+def test_a_gpu_without_bitsandbytes_trains_with_plain_adamw_and_says_so(monkeypatch, caplog):
+    monkeypatch.setattr(train, "has_bitsandbytes", lambda: False)
+    assert train.optimizer(on_gpu=True) == "adamw_torch"
+    assert "not paged AdamW" in caplog.text

@@ -24,7 +24,7 @@ def test_sft_trains_every_lora_parameter(tiny_lm, tmp_path):
     snap = Snapshot()
     res = sft(tiny_lm, ROWS, tmp_path / "junior", JuniorCfg(lr=5e-3, batch_size=4, epochs=1, lora=LORA),
               max_length=64, callbacks=[snap])
-    assert res.path == "lora" and res.steps == 4 and res.trainable_params > 0
+    assert res.path == "lora" and res.steps == 4 and res.trainable_params > 0 and res.optimizer == "adamw_torch"
     assert all(math.isfinite(loss) for _, loss in res.losses) and res.losses
     assert snap.before and snap.unchanged == []
     assert (tmp_path / "junior" / "adapter_config.json").exists()
