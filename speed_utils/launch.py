@@ -74,13 +74,12 @@ def train(stage: str, cfg: Config, run: RunPaths, profile: str | Path) -> dict:
 def batch_arithmetic(cfg: Config) -> list[str]:
     """How each training reaches its batch: per-device micro-batch x devices x accumulation, or the
     contrastive batch split across devices (negatives gathered) and mini-batched by GradCache."""
-    from .train import MICRO_BATCH_CPU
+    from .train import batch_plan
 
     lines = []
     for name in ("junior", "senior", "revisor"):
         tc, n = getattr(cfg, name), cfg.distributed.processes(name)[0]
-        micro = min(tc.batch_size, tc.micro_batch_size or (tc.batch_size if n > 1 else MICRO_BATCH_CPU))
-        accum = max(1, math.ceil(tc.batch_size / (micro * n)))
+        micro, accum = batch_plan(tc.batch_size, n, tc.micro_batch_size, on_gpu=n > 1)  # several devices: GPUs
         lines.append(f"{name}: batch {tc.batch_size} = micro-batch {micro} x {n} device(s) x accumulation {accum}"
                      + ("" if micro * n * accum == tc.batch_size else f" (= {micro * n * accum}, rounded up)"))
     ec, n = cfg.embedder, cfg.distributed.processes("embedder")[0]

@@ -111,9 +111,10 @@ def step_logger():
 def optimizer(on_gpu: bool) -> str:
     """Paged AdamW on a GPU, the recipe of the paper's generator trainings (optimizer state pages
     to host memory on spikes; bitsandbytes provides it); plain AdamW on the CPU, where paging means nothing."""
-    if on_gpu and not has_bitsandbytes():
+    paged = on_gpu and has_bitsandbytes()
+    if on_gpu and not paged:
         log.warning("bitsandbytes is not installed: training with plain AdamW, not paged AdamW")
-    return "paged_adamw_32bit" if on_gpu and has_bitsandbytes() else "adamw_torch"
+    return "paged_adamw_32bit" if paged else "adamw_torch"
 
 
 def trainer_args(tc: TrainCfg, out_dir: Path, seed: int, on_gpu: bool | None = None, **extra) -> dict:
