@@ -239,6 +239,8 @@ def subset(rows: list[dict], n: int | None, seed: int) -> list[dict]:
 def train_stage(cfg, run) -> dict:
     """Stage 07: train the embedder (and fine-tune the baseline) on ``synthetic.jsonl`` (and the seed data
     when ``embedder.train_on`` says so)."""
+    from .train import record_path, record_training, trained_before, training_key
+
     ec, online = cfg.embedder, cfg.use_hub()
     rows = subset(training_rows(run, ec.train_on), ec.train_examples, cfg.run.seed)
     if not rows:
@@ -253,12 +255,17 @@ def train_stage(cfg, run) -> dict:
         jobs.append(("baseline", cfg.models.baseline_embedder, ec.baseline_lr))
     if len(jobs) == 1:  # the baseline is not trained this time: never evaluate a stale one
         remove(run.models / "baseline")
+        remove(record_path(run.models / "baseline"))
     for folder, name, lr in jobs:
+        key = training_key(kind="embedder", model=name, rows=rows, settings=ec.model_dump(), lr=lr, seed=cfg.run.seed)
+        if (done := trained_before(run.models / folder, key)) is not None:
+            out[folder] = done
+            continue
         print(f"training {name} on {len(rows)} examples -> models/{folder}", flush=True)
         st, lora, rebuild = load_for_training(name, ec.max_length, ec.qlora, online)
-        out[folder] = train(st, rows, run.models / folder, ec, name=name, seed=cfg.run.seed, lora=lora,
-                            lr=lr, rebuild=rebuild).to_dict()
-        out[folder]["lora"] = lora
+        out[folder] = {**train(st, rows, run.models / folder, ec, name=name, seed=cfg.run.seed, lora=lora,
+                               lr=lr, rebuild=rebuild).to_dict(), "lora": lora}
+        record_training(run.models / folder, key, out[folder])
         del st
     return out
 

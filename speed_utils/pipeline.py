@@ -24,6 +24,7 @@ from .config import Config, ConfigError, list_profiles, load_profile, profile_pa
 from .runs import (LOCK_ENV, REPO_ROOT, RESULTS_DIR, RunLock, RunLocked, RunPaths, append_jsonl, atomic_write_json,
                    atomic_write_text, read_jsonl, read_manifest, remove, sha256_path, verify_files,
                    update_manifest, versions)
+from .train import record_path
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 KERNEL_NAME = "speed-repro"  # pinned; registered in the venv by `make setup` or on first run
@@ -292,6 +293,9 @@ def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until:
             log(f"{label}: skipped ({why}; --force reruns it)")
             continue
         log(f"{label}: running ({why if not force else 'forced'})")
+        if force:  # from scratch: a forced stage trains again rather than reusing its finished trainings
+            for rel in stage.outputs + stage.optional_outputs:
+                remove(record_path(run_paths.root / rel))
         out_nb = run_paths.notebooks / files[n].name
         t0 = time.monotonic()
         logs = run_paths.logs / files[n].stem

@@ -8,7 +8,9 @@ checkpointing on by default; both are set explicitly here.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
 import math
 import time
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import LoraCfg, TrainCfg
+from .runs import atomic_write_json, sha256_path
 
 log = logging.getLogger(__name__)
 MICRO_BATCH_CPU = 4  # per-device batch on the CPU; the rest of the batch is gradient accumulation
@@ -155,19 +158,66 @@ def _losses(trainer, key: str = "loss") -> list[tuple[int, float]]:
     return [(h["step"], float(h[key])) for h in trainer.state.log_history if key in h and "step" in h]
 
 
-def _finish(trainer, out_dir: Path, used_qlora: bool, t0: float, **extra) -> TrainResult:
-    """Save the adapter (only "default", not DPO's frozen "ref" copy) from the main process; under
-    ZeRO-3 the weights are gathered first, a collective call every process takes part in."""
+def record_path(out_dir: Path) -> Path:
+    """Where a finished training is recorded: beside the adapter, so the adapter's own hash is unchanged."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f"{out_dir.name}.train.json")
+
+
+def training_key(**inputs) -> str:
+    """A hash of everything a training depends on: base model, rows, settings, seed, starting adapter."""
+    blob = json.dumps(inputs, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def trained_before(out_dir: Path, key: str) -> dict | None:
+    """The recorded result of an earlier training into ``out_dir`` with the same key, if its output is intact.
+
+    A stage killed after a training (say, during stage 05's quality check) resumes without training
+    again; any change of data, settings or output files means a fresh training.
+    """
+    rec = record_path(out_dir)
+    try:
+        r = json.loads(rec.read_text())
+    except (OSError, ValueError):
+        return None
+    if r.get("key") != key or not Path(out_dir).is_dir() or r.get("output_sha256") != sha256_path(out_dir):
+        return None
+    print(f"{out_dir}: reusing what was trained at {r['finished']} from the same data and settings "
+          f"(delete {rec.name} to train again)", flush=True)
+    return {**r["result"], "reused": True}
+
+
+def record_training(out_dir: Path, key: str, result: dict) -> None:
+    """Record a finished training beside its output (after the output is saved whole)."""
+    atomic_write_json(record_path(out_dir), {"key": key, "output_sha256": sha256_path(out_dir),
+                                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "result": result})
+
+
+def _reused(out_dir: Path, key: str) -> TrainResult | None:
+    if (r := trained_before(out_dir, key)) is None:
+        return None
+    reused = r.pop("reused")
+    return TrainResult(**{**r, "losses": [tuple(x) for x in r["losses"]], "extra": {**r["extra"], "reused": reused}})
+
+
+def _finish(trainer, out_dir: Path, key: str, used_qlora: bool, t0: float, **extra) -> TrainResult:
+    """Save the adapter (only "default", not DPO's frozen "ref" copy) from the main process, then
+    record the training beside it; under ZeRO-3 the weights are gathered first, a collective call
+    every process takes part in."""
     acc = trainer.accelerator
     state = acc.get_state_dict(trainer.model) if devices() > 1 else None
     if acc.is_main_process:
         trainer.model.save_pretrained(str(out_dir), selected_adapters=["default"], state_dict=state)
     acc.wait_for_everyone()
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    return TrainResult(adapter=str(out_dir), path="qlora" if used_qlora else "lora",
-                       steps=trainer.state.global_step, seconds=round(time.monotonic() - t0, 1),
-                       trainable_params=trainable, losses=_losses(trainer), extra=extra,
-                       optimizer=str(getattr(trainer.args.optim, "value", trainer.args.optim)))
+    result = TrainResult(adapter=str(out_dir), path="qlora" if used_qlora else "lora",
+                         steps=trainer.state.global_step, seconds=round(time.monotonic() - t0, 1),
+                         trainable_params=trainable, losses=_losses(trainer), extra=extra,
+                         optimizer=str(getattr(trainer.args.optim, "value", trainer.args.optim)))
+    if acc.is_main_process:
+        record_training(out_dir, key, result.to_dict())
+    return result
 
 
 def sft(model_id: str, rows: Sequence[dict], out_dir: Path, tc: TrainCfg, max_length: int, seed: int = 0,
@@ -180,6 +230,10 @@ def sft(model_id: str, rows: Sequence[dict], out_dir: Path, tc: TrainCfg, max_le
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    key = training_key(kind="sft", model=model_id, rows=list(rows), settings=tc.model_dump(), max_length=max_length,
+                       seed=seed)
+    if (done := _reused(out_dir, key)) is not None:
+        return done
     t0 = time.monotonic()
     model, tok, used_qlora = load_causal_lm(model_id, tc.qlora)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
@@ -189,7 +243,7 @@ def sft(model_id: str, rows: Sequence[dict], out_dir: Path, tc: TrainCfg, max_le
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
                          peft_config=lora_config(tc.lora), callbacks=[*(callbacks or []), step_logger()])
     trainer.train()
-    return _finish(trainer, out_dir, used_qlora, t0, examples=len(rows))
+    return _finish(trainer, out_dir, key, used_qlora, t0, examples=len(rows))
 
 
 def dpo(model_id: str, junior_adapter: str | Path, pairs: Sequence[dict], out_dir: Path, tc, max_length: int,
@@ -204,6 +258,10 @@ def dpo(model_id: str, junior_adapter: str | Path, pairs: Sequence[dict], out_di
     from peft import PeftModel
     from trl import DPOConfig, DPOTrainer
 
+    key = training_key(kind="dpo", model=model_id, start=sha256_path(junior_adapter), pairs=list(pairs),
+                       settings=tc.model_dump(), max_length=max_length, seed=seed)
+    if (done := _reused(out_dir, key)) is not None:
+        return done
     t0 = time.monotonic()
     base, tok, used_qlora = load_causal_lm(model_id, tc.qlora)
     model = PeftModel.from_pretrained(base, str(junior_adapter), is_trainable=True)
@@ -217,5 +275,5 @@ def dpo(model_id: str, junior_adapter: str | Path, pairs: Sequence[dict], out_di
     hist = trainer.state.log_history
     margins = [(h["step"], float(h["rewards/margins"])) for h in hist if "rewards/margins" in h]
     accuracy = [(h["step"], float(h["rewards/accuracies"])) for h in hist if "rewards/accuracies" in h]
-    return _finish(trainer, out_dir, used_qlora, t0, pairs=len(pairs), reference="junior adapter (frozen copy)",
+    return _finish(trainer, out_dir, key, used_qlora, t0, pairs=len(pairs), reference="junior adapter (frozen copy)",
                    reward_margins=margins, reward_accuracies=accuracy)

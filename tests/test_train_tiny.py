@@ -30,6 +30,22 @@ def test_sft_trains_every_lora_parameter(tiny_lm, tmp_path):
     assert (tmp_path / "junior" / "adapter_config.json").exists()
 
 
+def test_a_finished_training_is_reused_and_any_change_retrains(tiny_lm, tmp_path):
+    """A stage resumed after its training does not train again; other rows, or a touched adapter, do."""
+    cfg = JuniorCfg(lr=5e-3, batch_size=4, epochs=1, lora=LORA)
+    first = sft(tiny_lm, ROWS, tmp_path / "junior", cfg, max_length=64)
+    weights = (tmp_path / "junior" / "adapter_model.safetensors").read_bytes()
+    again = sft(tiny_lm, ROWS, tmp_path / "junior", cfg, max_length=64)
+    assert again.extra["reused"] and again.losses == first.losses and again.steps == first.steps
+    assert (tmp_path / "junior" / "adapter_model.safetensors").read_bytes() == weights
+    assert (tmp_path / "junior.train.json").exists() and not (tmp_path / "junior" / "junior.train.json").exists()
+
+    other = sft(tiny_lm, ROWS[:8], tmp_path / "junior", cfg, max_length=64)
+    assert "reused" not in other.extra and other.steps == 2
+    (tmp_path / "junior" / "adapter_model.safetensors").write_bytes(weights)  # the record no longer matches the files
+    assert "reused" not in sft(tiny_lm, ROWS[:8], tmp_path / "junior", cfg, max_length=64).extra
+
+
 def test_dpo_from_junior_trains_and_reports_margins(tiny_lm, tmp_path):
     junior = sft(tiny_lm, ROWS, tmp_path / "junior", JuniorCfg(lr=5e-3, batch_size=4, epochs=1, lora=LORA),
                  max_length=64).adapter
