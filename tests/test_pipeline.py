@@ -122,21 +122,6 @@ def test_synthesize_shard_cli_resumes_to_nothing_on_a_finished_run(smoke_run, tm
     assert chunks == json.loads((run / "stages/06.done.json").read_text())["metrics"]
 
 
-def test_a_resumed_stage_reuses_its_trainings_and_force_retrains(smoke_run):
-    """Stage 07 cut after its trainings (no marker) resumes without training again; --force trains again."""
-    runs, run, _ = smoke_run
-    base = ("run", "--profile", "smoke", "--runs-dir", str(runs), "--run-id", "s1", "--from", "7", "--until", "7")
-    weights = {f: f.read_bytes() for f in (run / "models").rglob("*.safetensors")}
-    (run / "stages/07.done.json").unlink()
-    assert cli(*base).returncode == 0
-    emb = json.loads((run / "stages/07.done.json").read_text())["metrics"]
-    assert emb["embedder"]["reused"] and emb["baseline"]["reused"]
-    assert weights and {f: f.read_bytes() for f in (run / "models").rglob("*.safetensors")} == weights
-    assert cli(*base, "--force").returncode == 0
-    emb = json.loads((run / "stages/07.done.json").read_text())["metrics"]
-    assert "reused" not in emb["embedder"] and "reused" not in emb["baseline"] and emb["embedder"]["steps"] >= 1
-
-
 def test_api_key_in_environment_reaches_no_output(smoke_run):
     runs, run, proc = smoke_run
     assert CANARY not in proc.stdout + proc.stderr
@@ -235,3 +220,20 @@ def test_killed_mid_stage_02_resumes_without_repeats_or_losses(tmp_path):
     assert cli(*base, "--from", "2", "--until", "2", "--force").returncode == 0
     assert len(fresh_calls(run, "02_seed")) == 14  # forced rerun: all from cache
     assert (run / "data/seed.jsonl").read_bytes() == seed_bytes
+
+
+def test_a_resumed_stage_reuses_its_trainings_and_force_retrains(smoke_run):
+    """Stage 07 cut after its trainings (no marker) resumes without training again; --force trains again.
+
+    Last in this module: the forced training leaves stage 08 out of date for any test after it."""
+    runs, run, _ = smoke_run
+    base = ("run", "--profile", "smoke", "--runs-dir", str(runs), "--run-id", "s1", "--from", "7", "--until", "7")
+    weights = {f: f.read_bytes() for f in (run / "models").rglob("*.safetensors")}
+    (run / "stages/07.done.json").unlink()
+    assert cli(*base).returncode == 0
+    emb = json.loads((run / "stages/07.done.json").read_text())["metrics"]
+    assert emb["embedder"]["reused"] and emb["baseline"]["reused"]
+    assert weights and {f: f.read_bytes() for f in (run / "models").rglob("*.safetensors")} == weights
+    assert cli(*base, "--force").returncode == 0
+    emb = json.loads((run / "stages/07.done.json").read_text())["metrics"]
+    assert "reused" not in emb["embedder"] and "reused" not in emb["baseline"] and emb["embedder"]["steps"] >= 1
