@@ -495,7 +495,7 @@ def load_sweep(path: str | Path) -> dict:
             raise ConfigError(f"{path}: {key}: required key is missing")
     points = dict(spec.get("points") or {})
     grid = spec.get("grid") or {}
-    for combo in itertools.product(*grid.values()):
+    for combo in itertools.product(*grid.values()) if grid else ():  # no grid: product() would give one empty point
         over: dict = {}
         for dotted, value in zip(grid, combo):
             node = over

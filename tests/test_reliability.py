@@ -183,6 +183,17 @@ def test_editing_a_sweep_spec_invalidates_stage_11(tmp_path):
     assert pipeline.expected_marker(run, load_profile(prof), pipeline.STAGES[11])["config_hash"] != before
 
 
+@pytest.mark.parametrize("spec", sorted((Path(pipeline.REPO_ROOT) / "params" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_sweep_has_exactly_its_points(spec):
+    """Named points, or one per grid combination: never an extra unnamed point (product() of no grid)."""
+    raw = yaml.safe_load(spec.read_text())
+    points = pipeline.load_sweep(spec)["points"]
+    want = len(raw.get("points") or {})
+    for values in (raw.get("grid") or {}).values():
+        want = (want or 1) * len(values)
+    assert len(points) == want and all(points.keys()), list(points)
+
+
 def test_evaluation_revision_follows_the_weights(tmp_path):
     from speed_utils import evaluate
 
