@@ -159,6 +159,11 @@ def contrastive_loss(st, ec: EmbedderCfg):
     return MultipleNegativesRankingLoss(st, scale=scale, gather_across_devices=gather), "infonce"
 
 
+def per_device_batch(ec: EmbedderCfg, devices: int) -> int:
+    """Each device's share of the contrastive batch (no accumulation: it would shrink the negatives)."""
+    return math.ceil(ec.batch_size / devices)
+
+
 def warmup_steps(ec: EmbedderCfg, n_rows: int, devices: int = 1) -> int:
     """The profile's warm-up, but at most a third of the run's optimizer steps.
 
@@ -166,7 +171,7 @@ def warmup_steps(ec: EmbedderCfg, n_rows: int, devices: int = 1) -> int:
     every step ramping up from a learning rate of 0, and the curve would measure the warm-up, not the
     data. The paper's long trainings are untouched.
     """
-    steps = math.ceil(n_rows / (math.ceil(ec.batch_size / devices) * devices)) * math.ceil(ec.epochs)
+    steps = math.ceil(n_rows / (per_device_batch(ec, devices) * devices)) * math.ceil(ec.epochs)
     return min(ec.warmup_steps, steps // 3)
 
 
@@ -188,7 +193,7 @@ def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, s
     on_gpu = cuda_available()
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out_dir.with_name(out_dir.name + ".trainer")),
-        per_device_train_batch_size=math.ceil(ec.batch_size / devices()),
+        per_device_train_batch_size=per_device_batch(ec, devices()),
         num_train_epochs=ec.epochs, learning_rate=lr or ec.lr, warmup_steps=warmup_steps(ec, len(rows), devices()),
         weight_decay=ec.weight_decay, lr_scheduler_type="linear", seed=seed, data_seed=seed,
         batch_sampler=BatchSamplers.NO_DUPLICATES, multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL,
@@ -270,7 +275,7 @@ def train_stage(cfg, run) -> dict:
     for folder, name, lr in jobs:
         key = training_key(kind="embedder", model=name, rows=rows, settings=ec.model_dump(), lr=lr, seed=cfg.run.seed)
         if (done := trained_before(run.models / folder, key)) is not None:
-            out[folder] = done
+            out[folder] = {**done, "reused": True}
             continue
         print(f"training {name} on {len(rows)} examples -> models/{folder}", flush=True)
         st, lora, rebuild = load_for_training(name, ec.max_length, ec.qlora, online)

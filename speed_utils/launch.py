@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -74,6 +73,7 @@ def train(stage: str, cfg: Config, run: RunPaths, profile: str | Path) -> dict:
 def batch_arithmetic(cfg: Config) -> list[str]:
     """How each training reaches its batch: per-device micro-batch x devices x accumulation, or the
     contrastive batch split across devices (negatives gathered) and mini-batched by GradCache."""
+    from .embed import per_device_batch
     from .train import batch_plan
 
     lines = []
@@ -83,7 +83,7 @@ def batch_arithmetic(cfg: Config) -> list[str]:
         lines.append(f"{name}: batch {tc.batch_size} = micro-batch {micro} x {n} device(s) x accumulation {accum}"
                      + ("" if micro * n * accum == tc.batch_size else f" (= {micro * n * accum}, rounded up)"))
     ec, n = cfg.embedder, cfg.distributed.processes("embedder")[0]
-    per = math.ceil(ec.batch_size / n)
+    per = per_device_batch(ec, n)
     cached = f", each device embedding in mini-batches of {ec.mini_batch_size} (GradCache)" if ec.mini_batch_size else ""
     lines.append(f"embedder: contrastive batch {ec.batch_size} = {per} per device x {n} device(s)"
                  + (", in-batch negatives gathered across devices" if n > 1 else "") + cached

@@ -185,7 +185,7 @@ def trained_before(out_dir: Path, key: str) -> dict | None:
         return None
     print(f"{out_dir}: reusing what was trained at {r['finished']} from the same data and settings "
           f"(delete {rec.name} to train again)", flush=True)
-    return {**r["result"], "reused": True}
+    return r["result"]
 
 
 def record_training(out_dir: Path, key: str, result: dict) -> None:
@@ -197,8 +197,7 @@ def record_training(out_dir: Path, key: str, result: dict) -> None:
 def _reused(out_dir: Path, key: str) -> TrainResult | None:
     if (r := trained_before(out_dir, key)) is None:
         return None
-    reused = r.pop("reused")
-    return TrainResult(**{**r, "losses": [tuple(x) for x in r["losses"]], "extra": {**r["extra"], "reused": reused}})
+    return TrainResult(**{**r, "losses": [tuple(x) for x in r["losses"]], "extra": {**r["extra"], "reused": True}})
 
 
 def _finish(trainer, out_dir: Path, key: str, used_qlora: bool, t0: float, **extra) -> TrainResult:
