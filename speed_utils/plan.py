@@ -142,8 +142,10 @@ def plan(cfg) -> list[StagePlan]:
 
 
 def micro_batch(tc) -> int:
-    """The per-device micro-batch a training section uses on a GPU (see ``train.batch_plan``)."""
-    return tc.micro_batch_size or tc.batch_size
+    """The per-device micro-batch a training section uses on a GPU: :func:`speed_utils.train.batch_plan`'s."""
+    from .train import batch_plan
+
+    return batch_plan(tc.batch_size, micro=tc.micro_batch_size, on_gpu=True)[0]
 
 
 def table(plans: list[StagePlan]) -> list[dict]:
