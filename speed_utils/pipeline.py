@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .assets import AssetError
 from .config import Config, ConfigError, list_profiles, load_profile, profile_path, resolve_path
@@ -547,13 +547,14 @@ def adopt_stages(run_paths: RunPaths, cfg: Config, donors: list[RunPaths], until
     return adopted
 
 
-def sweep(spec_path: str | Path, runs_dir: Path | None = None, donor: Path | None = None, log=print) -> dict:
+def sweep(spec_path: str | Path, runs_dir: Path | None = None, donors: Sequence[Path] = (), log=print) -> dict:
     """Run every point of a sweep through the stage notebooks, reusing what points share.
 
     Each point is a run folder ``<runs_dir>/<sweep name>/<point>`` with a generated profile that
-    ``extends`` the sweep's profile. Before a point runs, stages that ``donor`` or an earlier point
-    made with the same config and inputs are adopted (:func:`adopt_stages`), and the synthesis
-    chunk cache is shared, so variants reuse generator passes they have in common.
+    ``extends`` the sweep's profile. Before a point runs, stages that one of ``donors`` (finished runs,
+    e.g. the main run and another sweep's points) or an earlier point made with the same config and
+    inputs are adopted (:func:`adopt_stages`), and the first donor's synthesis chunk cache is shared,
+    so variants reuse generator passes they have in common.
     Returns a summary (also written to ``sweep.json``); raises :class:`StageError` if a point fails.
     """
     import yaml
@@ -570,7 +571,7 @@ def sweep(spec_path: str | Path, runs_dir: Path | None = None, donor: Path | Non
             atomic_write_text(prof, text)
         load_profile(prof)
         profiles[name] = prof
-    donors = [RunPaths(Path(donor))] if donor else []
+    donors = [RunPaths(Path(d)) for d in donors]
     summary = {"name": spec["name"], "spec": str(spec["path"]), "points": {}}
     for name, prof in profiles.items():
         cfg = load_profile(prof)
@@ -592,13 +593,16 @@ def sweep(spec_path: str | Path, runs_dir: Path | None = None, donor: Path | Non
 
 
 def run_sweeps(cfg: Config, run_paths: RunPaths, log=print) -> dict:
-    """Stage 11: the profile's ablation and scaling sweeps, inside ``<run>/sweeps/``, with this run as
-    the donor of every stage the points share with it."""
-    out = {}
+    """Stage 11: the profile's ablation and scaling sweeps, inside ``<run>/sweeps/``. This run donates
+    every stage the points share with it, and the ablation's points donate to the scaling sweep (a
+    scaling point with the ablation's size and data adopts its embedder and scores)."""
+    out: dict = {}
+    donors = [run_paths.root]
     for kind in ("ablation", "scaling"):
         spec = getattr(cfg.sweeps, kind)
         if spec:
-            out[kind] = sweep(spec, runs_dir=run_paths.root / "sweeps", donor=run_paths.root, log=log)
+            out[kind] = sweep(spec, runs_dir=run_paths.root / "sweeps", donors=donors, log=log)
+            donors += [Path(p["run"]) for p in out[kind]["points"].values()]
     return out
 
 
@@ -625,7 +629,8 @@ def _parser() -> argparse.ArgumentParser:
     w = sub.add_parser("sweep", help="run a grid of profiles (ablation, scaling), reusing shared stages")
     w.add_argument("spec", help="a sweep spec, e.g. params/sweeps/smoke-scaling.yaml")
     w.add_argument("--runs-dir", type=Path, default=None)
-    w.add_argument("--donor", type=Path, default=None, help="a finished run whose stages points may adopt")
+    w.add_argument("--donor", type=Path, action="append", default=[],
+                   help="a finished run whose stages points may adopt (repeatable; the first also shares its synthesis cache)")
     pl = sub.add_parser("plan", help="estimated peak GPU memory per stage, and which GPUs it fits")
     pl.add_argument("--profile", default="gpu-24gb")
     e = sub.add_parser("estimate", help="pre-flight: expected teacher calls, tokens and $ of a profile")

@@ -107,6 +107,22 @@ def test_smoke_sweep_adopts_shared_stages(smoke_run):
         assert trained == min(int(name.split("=")[1]), available)  # smoke trains on synthetic + seed data
 
 
+def test_a_point_another_sweep_already_ran_is_adopted_whole(smoke_run, tmp_path):
+    """Stage 11 hands the ablation's points to the scaling sweep as donors: an identical point trains nothing."""
+    runs, run, _ = smoke_run
+    done = Path(json.loads((run / "data/sweeps.json").read_text())["sweeps"]["scaling"]["points"]["train_examples=6"]["run"])
+    spec = yaml.safe_load((Path(pipeline.REPO_ROOT) / "params/sweeps/smoke-scaling.yaml").read_text())
+    spec = {**spec, "name": "again", "grid": None, "points": {"six": {"embedder": {"train_examples": 6}}}}
+    (tmp_path / "again.yaml").write_text(yaml.safe_dump(spec))
+    proc = cli("sweep", str(tmp_path / "again.yaml"), "--runs-dir", str(tmp_path), "--donor", str(run), "--donor", str(done))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    point = json.loads((tmp_path / "again/sweep.json").read_text())["points"]["six"]
+    assert point["adopted"] == list(range(9))
+    for n in (7, 8):
+        assert json.loads((tmp_path / f"again/six/stages/{n:02d}.done.json").read_text())["adopted_from"] == str(done)
+    assert "running" not in proc.stdout and not fresh_calls(Path(point["run"]))
+
+
 def test_synthesize_shard_cli_resumes_to_nothing_on_a_finished_run(smoke_run, tmp_path):
     runs, run, _ = smoke_run
     chunks = json.loads((run / "stages/06.done.json").read_text())["metrics"]
