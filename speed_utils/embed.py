@@ -167,7 +167,7 @@ def per_device_batch(ec: EmbedderCfg, devices: int) -> int:
 def warmup_steps(ec: EmbedderCfg, n_rows: int, devices: int = 1) -> int:
     """The profile's warm-up, but at most a third of the run's optimizer steps.
 
-    A short training (a small point of the scaling sweep: 24 rows are 2 steps) would otherwise spend
+    A short training (a small point of the scaling sweep: 48 rows are 2 steps) would otherwise spend
     every step ramping up from a learning rate of 0, and the curve would measure the warm-up, not the
     data. The paper's long trainings are untouched.
     """
