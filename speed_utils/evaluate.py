@@ -252,18 +252,23 @@ def task_source(task) -> str:
 
 # ---------------------------------------------------------------- running
 def evaluate_model(encoder: InstructedEncoder, tasks: list, out_dir: Path, batch_size: int) -> list[dict]:
-    """Run mteb, caching results as mteb JSON under ``out_dir``; one score row per task."""
+    """Run mteb task by task, caching results as mteb JSON under ``out_dir``; one score row per task,
+    and one printed line per task (score and seconds), so a long evaluation shows where it is."""
+    import time
+
     import mteb
 
-    res = mteb.evaluate(encoder, tasks=tasks, cache=mteb.ResultCache(str(out_dir)), overwrite_strategy="only-missing",
-                        encode_kwargs={"batch_size": batch_size}, show_progress_bar=False)
-    by_name = {t.metadata.name: t for t in tasks}
     rows = []
-    for tr in res.task_results:
-        task = by_name[tr.task_name]
-        rows.append({"model": encoder.mteb_model_meta.name, "task": tr.task_name, "type": task.metadata.type,
-                     "main_score": task.metadata.main_score, "score": round(100 * float(tr.get_score()), 2),
-                     "source": task_source(task), "note": NOTES.get(tr.task_name, "")})
+    for task in tasks:
+        t0 = time.monotonic()
+        res = mteb.evaluate(encoder, tasks=[task], cache=mteb.ResultCache(str(out_dir)),
+                            overwrite_strategy="only-missing", encode_kwargs={"batch_size": batch_size},
+                            show_progress_bar=False)
+        for tr in res.task_results:
+            rows.append({"model": encoder.mteb_model_meta.name, "task": tr.task_name, "type": task.metadata.type,
+                         "main_score": task.metadata.main_score, "score": round(100 * float(tr.get_score()), 2),
+                         "source": task_source(task), "note": NOTES.get(tr.task_name, "")})
+            print(f"  {tr.task_name}: {rows[-1]['score']:.2f} ({time.monotonic() - t0:.0f} s)", flush=True)
     return rows
 
 
