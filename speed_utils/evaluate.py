@@ -258,10 +258,10 @@ def evaluate_model(encoder: InstructedEncoder, tasks: list, out_dir: Path, batch
 
     import mteb
 
-    rows = []
+    cache, rows = mteb.ResultCache(str(out_dir)), []
     for task in tasks:
         t0 = time.monotonic()
-        res = mteb.evaluate(encoder, tasks=[task], cache=mteb.ResultCache(str(out_dir)),
+        res = mteb.evaluate(encoder, tasks=[task], cache=cache,
                             overwrite_strategy="only-missing", encode_kwargs={"batch_size": batch_size},
                             show_progress_bar=False)
         for tr in res.task_results:

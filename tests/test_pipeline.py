@@ -118,8 +118,10 @@ def test_a_point_another_sweep_already_ran_is_adopted_whole(smoke_run, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     point = json.loads((tmp_path / "again/sweep.json").read_text())["points"]["six"]
     assert point["adopted"] == list(range(9))
-    for n in (7, 8):
-        assert json.loads((tmp_path / f"again/six/stages/{n:02d}.done.json").read_text())["adopted_from"] == str(done)
+    for n in range(9):  # the first donor that holds a stage gives it: the main run 00-06, the other point 07-08
+        want = str(run) if n < 7 else str(done)
+        assert json.loads((tmp_path / f"again/six/stages/{n:02d}.done.json").read_text())["adopted_from"] == want, n
+    assert (tmp_path / "again/six/data/synthesis").resolve() == (run / "data/synthesis").resolve()
     assert "running" not in proc.stdout and not fresh_calls(Path(point["run"]))
 
 

@@ -183,6 +183,22 @@ def test_editing_a_sweep_spec_invalidates_stage_11(tmp_path):
     assert pipeline.expected_marker(run, load_profile(prof), pipeline.STAGES[11])["config_hash"] != before
 
 
+def test_stage_11_hands_the_ablation_points_to_the_scaling_sweep_as_donors(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_sweep(spec, runs_dir, donors, log):  # records the hand-off; the real sweep is tested on smoke
+        calls.append((spec, list(donors)))
+        return {"points": {p: {"run": str(runs_dir / Path(spec).stem / p)} for p in ("a", "b")}}
+
+    monkeypatch.setattr(pipeline, "sweep", fake_sweep)
+    cfg = load_profile("cpu")
+    run = RunPaths(tmp_path / "run")
+    pipeline.run_sweeps(cfg, run, log=lambda *_: None)
+    ablation_points = [run.root / "sweeps" / "cpu-ablation" / p for p in ("a", "b")]
+    assert [Path(s).stem for s, _ in calls] == ["cpu-ablation", "cpu-scaling"]
+    assert calls[0][1] == [run.root] and calls[1][1] == [run.root, *ablation_points]
+
+
 @pytest.mark.parametrize("spec", sorted((Path(pipeline.REPO_ROOT) / "params" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_sweep_has_exactly_its_points(spec):
     """Named points, or one per grid combination: never an extra unnamed point (product() of no grid)."""
