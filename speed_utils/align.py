@@ -63,16 +63,42 @@ def train_junior(cfg: Config, run: RunPaths) -> TrainResult:
     return sft(base_model(cfg), rows, run.adapters / "junior", cfg.junior, cfg.junior.max_length, cfg.run.seed)
 
 
+# ---------------------------------------------------------------- generators
+def generation_engine(cfg: Config, base_override: str | None = None) -> str:
+    """The engine that samples the generators: the profile's, or by hardware and whether the base has a GGUF."""
+    from .generate import backend_name
+
+    if cfg.generation.backend != "auto":
+        return cfg.generation.backend
+    m = assets.spec(cfg.models.generator)
+    return backend_name(base_override is None and bool(m.gguf or m.gguf_repo))
+
+
+def open_generator(cfg: Config, adapter, log: Path | None = None, base_override: str | None = None,
+                   backend: str | None = None) -> Generator:
+    """The base generator plus ``adapter`` on the profile's engine (close it, or use it in ``with``).
+
+    On llama.cpp the base is the generator's GGUF (the file the offline HF folder was dequantized
+    from) and the adapter its GGUF conversion; ``base_override`` (a test's tiny model) has no GGUF.
+    """
+    g = cfg.generation
+    engine = backend or generation_engine(cfg, base_override)
+    gguf = assets.gguf_path(cfg.models.generator, online=cfg.use_hub()) if engine == "llamacpp" else None
+    return Generator(base_override or base_model(cfg), str(adapter) if adapter else None, batch_size=g.batch_size,
+                     backend=engine, tensor_parallel=g.tensor_parallel_size, gguf=gguf, parallel=g.parallel,
+                     slot_ctx=g.slot_ctx, threads=g.threads, log_path=log)
+
+
 # ---------------------------------------------------------------- 04 senior
 def sample(cfg: Config, adapter, prompts: list[Prompt], n: int, temperature: float, desc: str,
            journal: Path | None = None) -> list[list[str]]:
     """``n`` samples per prompt from the base plus ``adapter``; finished batches go to ``journal``."""
     g = cfg.generation
-    gen = Generator(base_model(cfg), str(adapter) if adapter else None, batch_size=g.batch_size, backend=g.backend,
-                    tensor_parallel=g.tensor_parallel_size)
     reqs = [GenRequest(p.text, n=n, temperature=temperature, top_p=cfg.senior.top_p, max_new_tokens=g.max_new_tokens,
                        seed=cfg.run.seed + i) for i, p in enumerate(prompts)]
-    return gen.generate(reqs, desc=desc, journal=journal)
+    log = journal.parent.parent / "logs" / "llama-generator.log" if journal else None
+    with open_generator(cfg, adapter, log) as gen:
+        return gen.generate(reqs, desc=desc, journal=journal)
 
 
 def root_data(cfg: Config, run: RunPaths) -> list[dict]:

@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -346,6 +347,44 @@ def hf_folder(name: str, online: bool | None = None) -> str:
         os.replace(tmp, out)
         done.write_text(gguf.name)
     return str(out)
+
+
+# llama.cpp's own converters (convert_lora_to_gguf.py with its conversion/ package and gguf-py) ship
+# in the source distribution of the pinned xllamacpp, not in its wheel (toolchain.md, "Engines").
+LLAMA_CPP_SDIST = ("xllamacpp==2026.10.11549",
+                   "c17ee1163006f70726abb9f72137830818f3d8cb60bfc34cb232d08428eaa22b")
+_CONVERTER_MEMBERS = ("convert_lora_to_gguf.py", "convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+
+
+def llama_cpp_converters() -> Path:
+    """A folder with llama.cpp's GGUF converters, from the pinned xllamacpp sdist (sha256-checked, cached)."""
+    package, pinned = LLAMA_CPP_SDIST
+    out = cache_dir() / "_tools" / package.replace("==", "-")
+    with _locked(out):
+        if (out / "convert_lora_to_gguf.py").exists():
+            return out
+        with tempfile.TemporaryDirectory(dir=cache_dir()) as scratch:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                   "--no-cache-dir", "--disable-pip-version-check", "-q", "-d", scratch, package]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            sdists = list(Path(scratch).glob("*.tar.gz"))
+            if proc.returncode != 0 and not sdists:
+                tail = "\n".join(x for x in proc.stderr.splitlines() if "is ignored" not in x)[-2000:]
+                raise AssetError(f"pip download of the {package} sdist (llama.cpp's converters) failed: {tail}")
+            (sdist,) = sdists
+            if (got := sha256_file(sdist)) != pinned:
+                raise AssetError(f"sha256 mismatch for {sdist.name}: got {got}, pinned {pinned}")
+            tmp = out.with_name(out.name + ".part")
+            shutil.rmtree(tmp, ignore_errors=True)
+            with tarfile.open(sdist) as tar:
+                for m in tar.getmembers():
+                    rel = m.name.split("/thirdparty/llama.cpp/", 1)[-1] if "/thirdparty/llama.cpp/" in m.name else None
+                    if rel and m.isfile() and rel.startswith(_CONVERTER_MEMBERS):
+                        m.name = rel
+                        tar.extract(m, tmp, filter="data")
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+    return out
 
 
 def data_folder(name: str) -> Path:

@@ -180,8 +180,12 @@ class GenerationCfg(Strict):
 
     batch_size: PositiveInt = 8
     max_new_tokens: PositiveInt = 800  # SPEED's released tryouts
-    backend: Literal["auto", "transformers", "vllm"] = "auto"  # auto: vLLM where it and CUDA are present
+    # auto: vLLM where it and CUDA are present, else llama.cpp where the base has a GGUF, else transformers
+    backend: Literal["auto", "llamacpp", "transformers", "vllm"] = "auto"
     tensor_parallel_size: PositiveInt = 1  # vLLM: GPUs per generator engine
+    parallel: PositiveInt = 4  # llama.cpp: slots decoded together (continuous batching)
+    slot_ctx: PositiveInt = 2048  # llama.cpp: context per slot (prompt + completion)
+    threads: PositiveInt = 2  # llama.cpp: CPU threads
 
 
 class QualityCfg(Strict):

@@ -1,22 +1,29 @@
 """Local generation from a base model plus an optional LoRA adapter (SPEED §3.2–3.3).
 
 The junior samples candidate lists for DPO, the senior writes data at scale, and the revisor
-rewrites it. On the CPU this is batched ``transformers.generate`` with left padding; where vLLM
-is installed and CUDA is present, vLLM serves the same requests with the adapter as a LoRA
-request. Both take the same :class:`GenRequest` objects and return texts in the same order.
+rewrites it. Three engines take the same :class:`GenRequest` objects, honour each request's seed,
+return texts in request order and write the same generation journal:
+
+* ``llamacpp`` (the CPU default where the base has a GGUF): the GGUF base plus the adapter converted
+  to a GGUF LoRA (:mod:`speed_utils.gguf_lora`), served by :class:`~speed_utils.llama_server.LlamaServer`
+  with parallel slots and continuous batching;
+* ``transformers`` (the fallback): batched ``generate`` with left padding, on any device;
+* ``vllm`` (where vLLM and CUDA are present): the adapter as a LoRA request.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import sys
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -39,6 +46,11 @@ def _journal(path: Path | None) -> dict[str, list[str]]:
         return {}
 
 
+def row_seed(seed: int, sample_id: int) -> int:
+    """The seed of sample ``sample_id`` of a request with ``seed``."""
+    return seed * 1000003 + sample_id
+
+
 @dataclass(frozen=True)
 class GenRequest:
     """One prompt, sampled ``n`` times. The prompt is one user turn of the model's chat template."""
@@ -51,14 +63,14 @@ class GenRequest:
     seed: int = 0
 
 
-def backend_name() -> str:
-    """"vllm" where vLLM and CUDA are both available, else "transformers"."""
+def backend_name(has_gguf: bool = False) -> str:
+    """"vllm" where vLLM and CUDA are both available; else "llamacpp" if the base has a GGUF; else "transformers"."""
     if importlib.util.find_spec("vllm"):
         import torch
 
         if torch.cuda.is_available():
             return "vllm"
-    return "transformers"
+    return "llamacpp" if has_gguf else "transformers"
 
 
 @functools.lru_cache(maxsize=2)
@@ -72,55 +84,88 @@ def _vllm_engine(model_id: str, tensor_parallel: int):  # pragma: no cover - nee
 class Generator:
     """A causal LM (plus adapter) that turns prompts into sampled completions, in batches.
 
-    ``backend``: "transformers" (batched ``generate``, left padding; any device) or "vllm" (the
-    adapter served as a LoRA request, ``tensor_parallel`` GPUs per engine); None picks vLLM where it
-    and CUDA are present. Both render prompts with the same chat template, give every request the
-    same seed and sampling settings (:meth:`requests`), and return texts in request order. The two
-    engines draw different random streams, so sampled texts differ between them, not their format.
+    ``backend``: "llamacpp" (``gguf`` is the base's GGUF; ``parallel`` slots, ``slot_ctx`` tokens
+    each), "transformers" (batched ``generate``, left padding; any device) or "vllm" (``tensor_parallel``
+    GPUs per engine); None picks by :func:`backend_name`. All render prompts with the same chat
+    template (the HF tokenizer's), give every request the same seed and sampling settings
+    (:meth:`requests`), and return texts in request order. The engines draw different random
+    streams, so sampled texts differ between them, not their format. Use as a context manager,
+    or call :meth:`close`, so a llama.cpp server stops with its generator.
     """
 
     def __init__(self, model_id: str, adapter: str | None = None, batch_size: int = 8, backend: str | None = None,
-                 tensor_parallel: int = 1):
+                 tensor_parallel: int = 1, gguf: Path | None = None, parallel: int = 4, slot_ctx: int = 2048,
+                 threads: int = 2, log_path: Path | None = None):
         from transformers import AutoTokenizer
 
         self.model_id, self.adapter, self.batch_size = model_id, adapter, batch_size
-        self.backend = backend if backend not in (None, "auto") else backend_name()
+        self.backend = backend if backend not in (None, "auto") else backend_name(gguf is not None)
         self.tokens_out = 0
+        self.server = None
+        if adapter and not Path(adapter).is_dir():
+            raise FileNotFoundError(f"adapter folder {adapter} does not exist")
         self.tok = AutoTokenizer.from_pretrained(model_id, padding_side="left")
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         if self.backend == "vllm":  # pragma: no cover - needs a GPU
             self.llm = _vllm_engine(model_id, tensor_parallel)
             return
+        if self.backend == "llamacpp":
+            self._start_server(gguf, parallel, slot_ctx, threads, log_path)
+            return
         import torch
         from transformers import AutoModelForCausalLM
 
-        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
+        from .precision import compute_dtype
+
+        self.dtype = compute_dtype()
+        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=self.dtype)
         if adapter:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()  # faster sampling, same outputs
         self.model = model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
-        self.fingerprint = self._fingerprint()
+        self.fingerprint = [JOURNAL_VERSION, self.model_id, getattr(self.model.config, "_commit_hash", None),
+                            *self._adapter_id(), str(self.model.dtype), self.model.device.type,
+                            torch.__version__, importlib.metadata.version("transformers")]
 
-    def _fingerprint(self) -> list:
-        """What shapes a batch's texts besides its requests: weights, adapter, dtype, device, libraries."""
-        import torch
-        import transformers
+    def _adapter_id(self) -> list:
+        return [self.adapter, sha256_path(Path(self.adapter)) if self.adapter else None]
 
-        if self.adapter and not Path(self.adapter).is_dir():
-            raise FileNotFoundError(f"adapter folder {self.adapter} does not exist")
-        return [JOURNAL_VERSION, self.model_id, getattr(self.model.config, "_commit_hash", None), self.adapter,
-                sha256_path(Path(self.adapter)) if self.adapter else None, str(self.model.dtype),
-                self.model.device.type, torch.__version__, transformers.__version__]
+    def _start_server(self, gguf: Path | None, parallel: int, slot_ctx: int, threads: int, log_path: Path | None):
+        """The GGUF base plus the adapter as a GGUF LoRA, on a loopback llama.cpp server."""
+        import tempfile
+
+        from .gguf_lora import adapter_to_gguf
+        from .llama_server import LlamaServer
+
+        if gguf is None:
+            raise ValueError("the llamacpp generation backend needs the base model's GGUF file")
+        lora = adapter_to_gguf(Path(self.adapter), self.model_id) if self.adapter else None
+        log = log_path or Path(tempfile.gettempdir()) / f"speed-generator-{Path(gguf).parent.name}.log"
+        self.parallel = parallel
+        self.server = LlamaServer(Path(gguf), log, n_ctx=slot_ctx, n_parallel=parallel, threads=threads,
+                                  loras=(lora,) if lora else ()).start()
+        self.fingerprint = [JOURNAL_VERSION, "llamacpp", Path(gguf).name, Path(gguf).stat().st_size,
+                            *self._adapter_id(), importlib.metadata.version("xllamacpp")]
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def __enter__(self) -> "Generator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def chat_text(self, prompt: str) -> str:
         return self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                             add_generation_prompt=True)
 
     def requests(self, reqs: Sequence[GenRequest]) -> list[dict]:
-        """What either engine is asked, per request: the rendered prompt, n, sampling settings, seed."""
+        """What every engine is asked, per request: the rendered prompt, n, sampling settings, seed."""
         return [{"prompt": self.chat_text(r.prompt), "n": r.n, "temperature": r.temperature, "top_p": r.top_p,
                  "max_tokens": r.max_new_tokens, "seed": r.seed} for r in reqs]
 
@@ -128,36 +173,71 @@ class Generator:
                  journal: Path | None = None) -> list[list[str]]:
         """``n`` completions per request, in request order.
 
-        ``journal`` (transformers backend; vLLM runs a stage's requests as one call): a JSONL file where
-        each finished batch is appended, keyed by its requests and :attr:`fingerprint`. A rerun after a
-        kill takes finished batches from it and generates only the rest; batches and their seeds do not
-        depend on what was done before, so the texts are the same.
+        ``journal`` (llamacpp and transformers; vLLM runs a stage's requests as one call): a JSONL
+        file where each finished batch of rows is appended, keyed by its requests and
+        :attr:`fingerprint`. A rerun after a kill takes finished batches from it and generates only
+        the rest; a row's seed does not depend on what was done before, so the texts are the same.
         """
         if self.backend == "vllm":  # pragma: no cover - needs a GPU
             return self._generate_vllm(reqs)
         done = _journal(journal)
-        out: list[list[str]] = [[] for _ in reqs]
+        out: list[list[tuple[int, str]]] = [[] for _ in reqs]
         # one row per (request, sample); only rows with the same sampling settings share a batch
         groups: dict[tuple, list[tuple[int, int]]] = {}
         for i, r in enumerate(reqs):
             groups.setdefault((r.temperature, r.top_p, r.max_new_tokens), []).extend((i, k) for k in range(r.n))
         chunks = [rows[s:s + self.batch_size] for rows in groups.values() for s in range(0, len(rows), self.batch_size)]
-        bar = tqdm(total=sum(map(len, chunks)), desc=desc, unit="seq", mininterval=2.0, file=sys.stderr)
-        t0 = time.monotonic()
-        for chunk in chunks:
-            batch, sample_ids = [reqs[i] for i, _ in chunk], [k for _, k in chunk]
-            key = self._batch_key(batch, sample_ids)
-            texts = done.get(key)
-            if texts is None or len(texts) != len(chunk):
-                texts = self._batch(batch, sample_ids)
-                if journal:
-                    append_jsonl(journal, [{"key": key, "texts": texts}])
-            for (i, k), text in zip(chunk, texts):
+        keys = [self._batch_key([reqs[i] for i, _ in c], [k for _, k in c]) for c in chunks]
+        todo = [j for j, c in enumerate(chunks) if len(done.get(keys[j]) or []) != len(c)]
+        for j in set(range(len(chunks))) - set(todo):
+            for (i, k), text in zip(chunks[j], done[keys[j]]):
                 out[i].append((k, text))
-            bar.update(len(chunk))
+        bar = tqdm(total=sum(map(len, chunks)), initial=sum(len(chunks[j]) for j in range(len(chunks)) if j not in todo),
+                   desc=desc, unit="seq", mininterval=2.0, file=sys.stderr)
+        t0 = time.monotonic()
+        for j, texts in self._run(reqs, [chunks[j] for j in todo], todo):
+            if journal:
+                append_jsonl(journal, [{"key": keys[j], "texts": texts}])
+            for (i, k), text in zip(chunks[j], texts):
+                out[i].append((k, text))
+            bar.update(len(texts))
             bar.set_postfix(tok_s=f"{self.tokens_out / max(time.monotonic() - t0, 1e-6):.1f}", refresh=False)
         bar.close()
         return [[t for _, t in sorted(samples)] for samples in out]
+
+    def _run(self, reqs: Sequence[GenRequest], chunks: list[list[tuple[int, int]]],
+             ids: list[int]) -> Iterator[tuple[int, list[str]]]:
+        """(chunk id, texts) for each chunk, as it finishes."""
+        if self.backend == "llamacpp":
+            yield from self._run_llamacpp(reqs, chunks, ids)
+            return
+        for j, chunk in zip(ids, chunks):
+            yield j, self._batch([reqs[i] for i, _ in chunk], [k for _, k in chunk])
+
+    def _run_llamacpp(self, reqs: Sequence[GenRequest], chunks: list[list[tuple[int, int]]],
+                      ids: list[int]) -> Iterator[tuple[int, list[str]]]:
+        """Every row as its own request to the server's slots, queued all at once so no slot idles
+        between chunks (continuous batching); chunks are yielded in order as their rows finish."""
+        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+            futures = [[pool.submit(self._complete, reqs[i], k) for i, k in chunk] for chunk in chunks]
+            try:
+                for j, fs in zip(ids, futures):
+                    yield j, [f.result() for f in fs]
+            finally:
+                for fs in futures:
+                    for f in fs:
+                        f.cancel()
+
+    def _complete(self, r: GenRequest, sample_id: int) -> str:
+        """One sample from llama.cpp: the request's sampler exactly (no top-k, min-p or penalties added)."""
+        sampling = r.temperature > 0
+        body = {"prompt": self.chat_text(r.prompt), "n_predict": r.max_new_tokens, "seed": row_seed(r.seed, sample_id),
+                "temperature": r.temperature if sampling else 0.0, "top_p": r.top_p if sampling else 1.0,
+                "top_k": 0 if sampling else 1, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0,
+                "cache_prompt": True, "lora": [{"id": 0, "scale": 1.0}] if self.adapter else []}
+        res = self.server.complete(body)
+        self.tokens_out += int(res.get("tokens_predicted", 0))
+        return res["content"]
 
     def _batch_key(self, reqs: list[GenRequest], sample_ids: list[int]) -> str:
         blob = json.dumps([self.fingerprint, self.requests(reqs), sample_ids], sort_keys=True)
@@ -170,7 +250,7 @@ class Generator:
         enc = self.tok([self.chat_text(r.prompt) for r in reqs], return_tensors="pt", padding=True,
                        add_special_tokens=False).to(self.model.device)
         # a seed per batch from its first row: the same requests in the same order give the same texts
-        torch.manual_seed(first.seed * 1000003 + sample_ids[0])
+        torch.manual_seed(row_seed(first.seed, sample_ids[0]))
         sampling = first.temperature > 0
         with torch.no_grad():
             ids = self.model.generate(**enc, max_new_tokens=first.max_new_tokens, do_sample=sampling,

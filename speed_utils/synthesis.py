@@ -96,9 +96,9 @@ def pass_dirs(cfg: Config, run: RunPaths) -> tuple[Path, Path | None]:
         if a is not None and not (a / "adapter_config.json").exists():
             raise SynthesisError(f"synthesis needs the adapter {a}; run stages 03-05 first")
     s = cfg.synthesis
-    from .generate import backend_name
+    from .align import generation_engine
 
-    engine = cfg.generation.backend if cfg.generation.backend != "auto" else backend_name()  # engines sample differently
+    engine = generation_engine(cfg)  # engines sample differently
     wkey = _key({"seed": cfg.run.seed, "generator": cfg.models.generator, "batch": cfg.generation.batch_size, "engine": engine,
                  "sampling": [s.n_examples, s.type_weights, s.chunk_size, s.temperature, s.top_p, s.max_new_tokens],
                  "adapter": sha256_path(writer), "tasks": sha256_path(run.data / "tasks.jsonl")})
@@ -128,7 +128,7 @@ def _clear_stale(folder: Path, shard: Shard) -> None:
 def make_chunks(cfg: Config, run: RunPaths, shard: Shard = Shard(), base_model: str | None = None,
                 backend: str | None = None) -> dict:
     """Make every missing chunk this shard owns: first the writer's, then the revisor's."""
-    from .align import base_model as default_base
+    from .align import open_generator
 
     s = cfg.synthesis
     chunks = chunked(prompts(cfg, run), s.chunk_size)
@@ -143,32 +143,28 @@ def make_chunks(cfg: Config, run: RunPaths, shard: Shard = Shard(), base_model: 
              "revisor_made": len(todo_r), "made": len(set(todo_w) | set(todo_r)),
              "skipped": len(mine) - len(set(todo_w) | set(todo_r)), "folder": str(wdir.relative_to(run.root))}
     t0, tokens = time.monotonic(), 0
-    base = base_model or default_base(cfg) if (todo_w or todo_r) else None
     writer_adapter, revisor_adapter = adapters(cfg, run)
     passes = [("writer", todo_w, writer_adapter, wdir), ("revisor", todo_r, revisor_adapter, rdir)]
     for name, todo, adapter, folder in passes:
         if not todo:
             continue
-        g = cfg.generation
-        gen = Generator(base, str(adapter), batch_size=g.batch_size, backend=backend or g.backend,
-                        tensor_parallel=g.tensor_parallel_size)
-        bar = tqdm(total=sum(len(chunks[j]) for j in todo), desc=f"06 {name} {shard}", unit="ex", mininterval=2.0,
-                   file=sys.stderr)
-        done, valid, t1 = 0, 0, time.monotonic()
-        for j in todo:
-            if name == "writer":
-                rows = write_chunk(cfg, chunks[j], j * s.chunk_size, gen)
-                valid += sum(parse_example(r["task_type"], r["raw"]).ok for r in rows)
-            else:
-                rows = revise_chunk(cfg, list(read_jsonl(chunk_path(wdir, j))), gen)
-                valid += sum(parse_revision(r["task_type"], r["revisor_raw"]).ok for r in rows)
-            write_jsonl(chunk_path(folder, j), rows)  # atomic: the chunk exists whole or not at all
-            done += len(rows)
-            bar.update(len(rows))
-            bar.set_postfix(ex_s=f"{done / (time.monotonic() - t1):.2f}", valid=f"{valid / done:.0%}", refresh=False)
-        bar.close()
-        tokens += gen.tokens_out
-        del gen
+        with open_generator(cfg, adapter, run.logs / "llama-generator.log", base_override=base_model, backend=backend) as gen:
+            bar = tqdm(total=sum(len(chunks[j]) for j in todo), desc=f"06 {name} {shard}", unit="ex", mininterval=2.0,
+                       file=sys.stderr)
+            done, valid, t1 = 0, 0, time.monotonic()
+            for j in todo:
+                if name == "writer":
+                    rows = write_chunk(cfg, chunks[j], j * s.chunk_size, gen)
+                    valid += sum(parse_example(r["task_type"], r["raw"]).ok for r in rows)
+                else:
+                    rows = revise_chunk(cfg, list(read_jsonl(chunk_path(wdir, j))), gen)
+                    valid += sum(parse_revision(r["task_type"], r["revisor_raw"]).ok for r in rows)
+                write_jsonl(chunk_path(folder, j), rows)  # atomic: the chunk exists whole or not at all
+                done += len(rows)
+                bar.update(len(rows))
+                bar.set_postfix(ex_s=f"{done / (time.monotonic() - t1):.2f}", valid=f"{valid / done:.0%}", refresh=False)
+            bar.close()
+            tokens += gen.tokens_out
     return {**stats, "seconds": round(time.monotonic() - t0, 1), "tokens_out": tokens}
 
 

@@ -2,8 +2,8 @@
 
 SPEED calls GPT-4o for brainstorming, seed data, DPO judgements and revisions (§3.2; 45K calls in
 all, §4.5). Here the teacher is always reached with the ``openai`` client at a configurable
-``base_url``: OpenAI, Azure, vLLM, or a llama.cpp server that :class:`LlamaServer` starts on
-loopback for offline profiles.
+``base_url``: OpenAI, Azure, vLLM, or a llama.cpp server that
+:class:`speed_utils.llama_server.LlamaServer` starts on loopback for offline profiles.
 
 * **Cache**: replies are stored by request hash (model, messages, sampling settings, response
   format) in ``teacher_cache/responses.jsonl``, append-only; a rerun makes zero calls.
@@ -21,19 +21,17 @@ import hashlib
 import json
 import os
 import random
-import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from tqdm import tqdm
 
+from .llama_server import LlamaServer, ServerError, free_port
 from .runs import RunPaths, append_jsonl, read_jsonl
 
 
@@ -383,76 +381,6 @@ def api_key_from_env(var: str) -> str:
 
 
 # ---------------------------------------------------------------- local llama.cpp server
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class LlamaServer:
-    """A real llama.cpp server (the ``xllamacpp`` wheel) on loopback, in a child process.
-
-    The child watches the pid of the process that started it and exits when that process is
-    gone, so a killed kernel leaves no server behind. Its request log goes to ``log_path``.
-    """
-
-    gguf: Path
-    log_path: Path
-    n_ctx: int = 4096  # per slot
-    n_parallel: int = 2
-    threads: int = 2
-    port: int = 0
-    startup_timeout_s: float = 180.0
-    proc: subprocess.Popen | None = field(default=None, repr=False)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> "LlamaServer":
-        self.port = self.port or free_port()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        cmd = [sys.executable, "-m", "speed_utils.llama_server", "--model", str(self.gguf),
-               "--port", str(self.port), "--n-ctx", str(self.n_ctx * self.n_parallel),
-               "--parallel", str(self.n_parallel), "--threads", str(self.threads),
-               "--parent-pid", str(os.getpid())]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
-        log.close()
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise TeacherError(f"llama.cpp server exited with code {self.proc.returncode} while "
-                                   f"loading {self.gguf.name}; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.25)
-        self.stop()
-        raise TeacherError(f"llama.cpp server not ready after {self.startup_timeout_s:.0f}s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> "LlamaServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
 class open_teacher:
     """Context manager: the profile's teacher for one stage, with a lazily started server.
 
@@ -469,8 +397,11 @@ class open_teacher:
         if tc.backend == "llamacpp":
             def connect():
                 gguf = assets.gguf_path(tc.model, online=cfg.use_hub())
-                self.server = LlamaServer(gguf, run.logs / "llama-server.log", n_ctx=tc.n_ctx,
-                                          n_parallel=tc.n_parallel, threads=tc.threads).start()
+                try:
+                    self.server = LlamaServer(gguf, run.logs / "llama-server.log", n_ctx=tc.n_ctx,
+                                              n_parallel=tc.n_parallel, threads=tc.threads).start()
+                except ServerError as e:
+                    raise TeacherError(str(e)) from e
                 return openai_client(self.server.base_url, "local-no-key", tc.timeout_s)
             where = f"local llama.cpp server ({tc.model})"
         else:
@@ -489,4 +420,4 @@ class open_teacher:
 
 
 __all__ = ["Request", "Reply", "Teacher", "TeacherSettings", "TeacherError", "TeacherUnavailable",
-           "BudgetExceeded", "LlamaServer", "open_teacher", "ledger_usage"]
+           "BudgetExceeded", "LlamaServer", "free_port", "open_teacher", "ledger_usage"]

@@ -1,0 +1,75 @@
+"""PEFT LoRA adapters in GGUF form, so llama.cpp serves the generators (SPEED §3.2–3.3).
+
+The junior, senior and revisor are LoRA adapters over one base model. Offline, that base is a
+Q4_K_M GGUF dequantized to an HF folder for training (:func:`speed_utils.assets.hf_folder`), so
+the adapter trained on the dequantized weights applies exactly to the GGUF it came from: llama.cpp
+loads the GGUF base and the adapter converted here by llama.cpp's own ``convert_lora_to_gguf.py``.
+
+A conversion is cached beside the adapter folder (``adapters/junior.gguf``) with a sidecar
+holding the adapter's sha256, so a retrained adapter is converted again and an unchanged one never.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from . import assets
+from .runs import sha256_path
+
+
+class ConversionError(RuntimeError):
+    """llama.cpp's converter failed on an adapter or model."""
+
+
+def _run_converter(script: str, args: list[str], what: str) -> None:
+    tools = assets.llama_cpp_converters()
+    env = {**os.environ, "PYTHONPATH": str(tools), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    proc = subprocess.run([sys.executable, str(tools / script), *args], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise ConversionError(f"llama.cpp's {script} failed on {what}:\n{proc.stderr[-3000:]}")
+
+
+def adapter_to_gguf(adapter: Path, base_folder: str, outtype: str = "f32") -> Path:
+    """``adapter`` (a PEFT LoRA folder) as a GGUF LoRA file, converted once per adapter content.
+
+    ``base_folder``: the HF folder (or Hub id) of the base the adapter was trained on; only its
+    config is read. f32 keeps the adapter's weights as trained (a rank-16 adapter of the 0.5B
+    generator is about 35 MB).
+    """
+    adapter = Path(adapter)
+    if not (adapter / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
+    out = adapter.with_name(adapter.name + ".gguf")
+    sidecar = out.with_name(out.name + ".json")
+    source = {"adapter_sha256": sha256_path(adapter), "outtype": outtype, "converter": assets.LLAMA_CPP_SDIST[0]}
+    if out.exists() and sidecar.exists() and json.loads(sidecar.read_text()) == source:
+        return out
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    base_arg = ["--base", base_folder] if Path(base_folder).is_dir() else ["--base-model-id", base_folder]
+    _run_converter("convert_lora_to_gguf.py", [*base_arg, "--outfile", str(tmp), "--outtype", outtype, str(adapter)],
+                   f"adapter {adapter}")
+    os.replace(tmp, out)
+    sidecar.write_text(json.dumps(source))
+    return out
+
+
+def merged_to_gguf(base_folder: str, adapter: Path, out: Path, outtype: str = "bf16") -> Path:
+    """The base with ``adapter`` merged in, written as one GGUF model (the alternative to a LoRA file).
+
+    Used by ``benchmarks/generation.py`` to compare the two ways of serving an adapter.
+    """
+    import tempfile
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as d:
+        model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
+        PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().save_pretrained(d)
+        AutoTokenizer.from_pretrained(base_folder).save_pretrained(d)
+        _run_converter("convert_hf_to_gguf.py", ["--outfile", str(out), "--outtype", outtype, d], f"merged {adapter}")
+    return out

@@ -1,0 +1,112 @@
+"""The llama.cpp generation backend: a PEFT adapter converted to GGUF and served over its GGUF base.
+
+Real parts: SmolLM2-135M (GGUF from PyPI wheels, and the HF folder dequantized from it), llama.cpp's
+own converter, a real server on loopback.
+"""
+import pytest
+
+from conftest import random_adapter
+from speed_utils import assets
+from speed_utils.generate import Generator, GenRequest
+
+pytestmark = pytest.mark.slow
+
+NAME = "smollm2-135m-instruct"
+PROMPTS = ["Write a sentence about cats.", "What is the capital of France?", "List three colours as JSON.",
+           "Give a search query about tax law."]
+
+
+@pytest.fixture(scope="module")
+def base():
+    return assets.hf_folder(NAME, online=False), assets.gguf_path(NAME, online=False)
+
+
+@pytest.fixture(scope="module")
+def adapter(base, tmp_path_factory):
+    """A rank-8 adapter with random weights large enough to move the next-token distribution."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base[0]),
+                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    out = tmp_path_factory.mktemp("adapter") / "writer"
+    model.save_pretrained(str(out))
+    return out
+
+
+def _served_top(gen: Generator, prompt: str, k: int = 5) -> dict[int, float]:
+    import math
+
+    res = gen.server.complete({"prompt": gen.chat_text(prompt), "n_predict": 1, "temperature": 1.0, "top_k": 0,
+                               "min_p": 0.0, "n_probs": k, "lora": [{"id": 0, "scale": 1.0}]})
+    return {t["id"]: math.exp(t["logprob"]) for t in res["completion_probabilities"][0]["top_logprobs"]}
+
+
+def test_served_adapter_matches_the_peft_model(base, adapter, tmp_path):
+    """Parity: the next-token probabilities of the served GGUF base + GGUF LoRA agree with the PEFT
+    model's within 0.06 on each of the served top-5 tokens, for every prompt, and sit closer to the
+    adapted model than to the bare base (so the adapter is really applied). The residual is
+    llama.cpp's 8-bit quantization of activations against the Q4 weights."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base[0]), str(adapter)).eval()
+    with Generator(base[0], str(adapter), backend="llamacpp", gguf=base[1], parallel=1,
+                   log_path=tmp_path / "srv.log") as gen:
+        to_adapted, to_base = [], []
+        for prompt in PROMPTS:
+            served = _served_top(gen, prompt)
+            ids = gen.tok(gen.chat_text(prompt), return_tensors="pt", add_special_tokens=False)
+            with torch.no_grad():
+                adapted = peft(**ids).logits[0, -1].softmax(-1)
+                with peft.disable_adapter():
+                    bare = peft(**ids).logits[0, -1].softmax(-1)
+            to_adapted.append(max(abs(p - float(adapted[t])) for t, p in served.items()))
+            to_base.append(max(abs(p - float(bare[t])) for t, p in served.items()))
+    assert max(to_adapted) < 0.06, to_adapted
+    assert sum(to_adapted) < sum(to_base), (to_adapted, to_base)
+    assert (adapter.parent / "writer.gguf").exists()  # converted once, cached beside the adapter
+
+
+def test_seeded_ordered_and_resumed_from_the_journal(base, adapter, tmp_path):
+    """Per-request seeds give the same texts again; a kill mid-stage loses finished batches to no one."""
+    reqs = [GenRequest(p, n=2, max_new_tokens=12, seed=i) for i, p in enumerate(PROMPTS)]
+    journal = tmp_path / "gen.jsonl"
+    with Generator(base[0], str(adapter), batch_size=3, backend="llamacpp", gguf=base[1], parallel=1,
+                   log_path=tmp_path / "srv.log") as gen:
+        whole = gen.generate(reqs)
+        assert [len(o) for o in whole] == [2] * 4 and whole[0][0] != whole[0][1]  # samples differ by seed
+        assert gen.generate(reqs) == whole  # per-request seeds: the same texts again
+        calls, real = [], gen._complete
+
+        def dies_on_fifth(r, k):
+            calls.append(1)
+            if len(calls) == 5:
+                raise KeyboardInterrupt  # the kill
+            return real(r, k)
+
+        gen._complete = dies_on_fifth
+        with pytest.raises(KeyboardInterrupt):
+            gen.generate(reqs, journal=journal)
+        gen._complete = real
+        assert len(journal.read_text().splitlines()) == 1  # the first batch of 3 rows finished
+        redone = []
+        gen._complete = lambda r, k: redone.append(k) or real(r, k)
+        assert gen.generate(reqs, journal=journal) == whole
+        assert len(redone) == 8 - 3
+
+
+def test_a_parallel_server_returns_every_row_in_order(base, tmp_path):
+    reqs = [GenRequest(f"Count to {i}.", temperature=0.0, max_new_tokens=8, seed=i) for i in range(5)]
+    with Generator(base[0], backend="llamacpp", gguf=base[1], parallel=3, batch_size=2,
+                   log_path=tmp_path / "srv.log") as gen:
+        out = gen.generate(reqs)
+        assert gen.tokens_out > 0 and [len(o) for o in out] == [1] * 5
+        singles = [gen.generate([r])[0] for r in reqs]
+    assert sum(a == b for a, b in zip(out, singles)) >= 4  # greedy: the same text batched or alone
