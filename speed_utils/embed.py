@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .config import EmbedderCfg, LoraCfg
+from .precision import compute_dtype, dtype_name
 from .runs import remove
 
 # E5-mistral's instruction for MS MARCO-style search, the default query prompt of a saved model.
@@ -54,14 +55,13 @@ def append_eos(tokenizer) -> None:
 
 def decoder_embedder(model_path: str, max_length: int, qlora: bool = False):
     """A causal LM as a bi-encoder: raw text + EOS, left padding, last-token pooling, cosine."""
-    import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
     from .train import cuda_available, quant_config
 
     q = quant_config(qlora)
-    model_kwargs = {"dtype": torch.bfloat16 if cuda_available() else torch.float32}
+    model_kwargs = {"dtype": compute_dtype()}  # bf16 where the GPU or CPU computes in it
     if q is not None:
         model_kwargs.update(quantization_config=q, device_map={"": 0})
     # text only: sentence-transformers would otherwise wrap each text in the model's chat template
@@ -140,6 +140,7 @@ class EmbedResult:
     batch_size: int
     mini_batch_size: int | None
     losses: list[tuple[int, float]] = field(default_factory=list)
+    dtype: str = ""  # "bf16" (autocast; bf16 frozen base under LoRA) or "fp32"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -191,13 +192,14 @@ def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, s
     trainable = add_lora(st, ec.lora) if lora else sum(p.numel() for p in st.parameters() if p.requires_grad)
     loss, loss_name = contrastive_loss(st, ec)
     on_gpu = cuda_available()
+    bf16 = on_gpu or dtype_name() == "bf16"
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out_dir.with_name(out_dir.name + ".trainer")),
         per_device_train_batch_size=per_device_batch(ec, devices()),
         num_train_epochs=ec.epochs, learning_rate=lr or ec.lr, warmup_steps=warmup_steps(ec, len(rows), devices()),
         weight_decay=ec.weight_decay, lr_scheduler_type="linear", seed=seed, data_seed=seed,
         batch_sampler=BatchSamplers.NO_DUPLICATES, multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL,
-        bf16=on_gpu, fp16=False, use_cpu=not on_gpu, gradient_checkpointing=ec.gradient_checkpointing,
+        bf16=bf16, fp16=False, use_cpu=not on_gpu, gradient_checkpointing=ec.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, save_strategy="no",
         report_to="none", dataloader_num_workers=0, disable_tqdm=True)
     trainer = SentenceTransformerTrainer(model=st, args=args, train_dataset=training_data(rows), loss=loss,
@@ -209,7 +211,8 @@ def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, s
     return EmbedResult(path=str(out_dir), model=name, steps=trainer.state.global_step,
                        seconds=round(time.monotonic() - t0, 1), train_seconds=round(train_seconds, 1),
                        examples=len(rows), trainable_params=trainable,
-                       loss=loss_name, batch_size=ec.batch_size, mini_batch_size=ec.mini_batch_size, losses=losses)
+                       loss=loss_name, batch_size=ec.batch_size, mini_batch_size=ec.mini_batch_size, losses=losses,
+                       dtype="bf16" if bf16 else "fp32")
 
 
 def load_for_training(name: str, max_length: int, qlora: bool, online: bool):

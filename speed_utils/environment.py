@@ -12,6 +12,7 @@ import psutil
 
 from . import assets
 from .config import Config
+from .precision import cpu_bf16_flags, dtype_name
 from .runs import RunPaths, atomic_write_json, versions
 
 
@@ -51,10 +52,14 @@ def assemble_models(cfg: Config) -> list[dict]:
 
 def report(cfg: Config, run: RunPaths) -> dict:
     """Write ``env.json`` and return it."""
+    from .align import generation_engine
+
     env = {"profile": cfg.name, "versions": versions(), "hardware": hardware(),
            "hub_reachable": assets.hub_reachable(), "offline_mode": cfg.run.offline, "use_hub": cfg.use_hub(),
            "models": assemble_models(cfg), "model_cache": str(assets.cache_dir()),
            "teacher": {"backend": cfg.teacher.backend, "model": cfg.teacher.model,
-                       "base_url": cfg.teacher.base_url, "structured_output": cfg.teacher.structured_output}}
+                       "base_url": cfg.teacher.base_url, "structured_output": cfg.teacher.structured_output},
+           "precision": {"dtype": dtype_name(), "cpu_bf16_flags": list(cpu_bf16_flags())},
+           "generation_engine": generation_engine(cfg)}
     atomic_write_json(run.root / "env.json", env)
     return env

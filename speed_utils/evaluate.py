@@ -320,19 +320,25 @@ def candidates(cfg, run) -> list[Candidate]:
 
 
 def load_candidate(c: Candidate, max_length: int):
+    """A candidate ready to encode, in the dtype the hardware computes in (precision.py)."""
     from .embed import decoder_embedder, encoder_embedder
+    from .precision import compute_dtype
 
-    return decoder_embedder(c.path, max_length) if c.kind == "decoder" else encoder_embedder(c.path)
+    if c.kind == "decoder":
+        return decoder_embedder(c.path, max_length)
+    return encoder_embedder(c.path).to(compute_dtype())  # fp32 on disk; cast for encoding only
 
 
 def revision(cfg, c: Candidate, run) -> str:
     """mteb's revision for a candidate: the hash of its weights (when the run made them) and of the
     evaluation settings, so mteb's cache can never hand back scores of other weights or other tasks."""
+    from .precision import dtype_name
     from .runs import sha256_path
 
     inside = Path(c.path).resolve().is_relative_to(run.root.resolve()) if Path(c.path).exists() else False
     digest = hashlib.sha256(json.dumps({"weights": sha256_path(Path(c.path)) if inside else c.path,
-                                        "evaluate": cfg.section_hash("evaluate", "embedder.max_length", "run.seed")},
+                                        "evaluate": cfg.section_hash("evaluate", "embedder.max_length", "run.seed"),
+                                        "dtype": dtype_name()},
                                        sort_keys=True).encode()).hexdigest()[:12]
     return f"{cfg.name}-{digest}"
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import LoraCfg, TrainCfg
+from .precision import compute_dtype, dtype_name
 from .runs import atomic_write_json, sha256_path
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class TrainResult:
     losses: list[tuple[int, float]] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     optimizer: str = ""  # what trained: paged AdamW on a GPU with bitsandbytes, AdamW otherwise
+    dtype: str = ""  # "bf16" (autocast over bf16 base weights) or "fp32" (precision.dtype_name)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,24 +128,24 @@ def trainer_args(tc: TrainCfg, out_dir: Path, seed: int, on_gpu: bool | None = N
     ``on_gpu`` defaults to what this machine has; tests pass True to build the GPU settings on the CPU.
     """
     on_gpu = cuda_available() if on_gpu is None else on_gpu
+    bf16 = on_gpu or dtype_name() == "bf16"  # on a CPU only where it has bf16 matrix units
     micro, accum = batch_plan(tc.batch_size, devices(), tc.micro_batch_size, on_gpu)
     return dict(output_dir=str(out_dir), learning_rate=tc.lr, per_device_train_batch_size=micro,
                 gradient_accumulation_steps=accum, num_train_epochs=tc.epochs, seed=seed,
-                bf16=on_gpu, fp16=False, gradient_checkpointing=on_gpu, use_cpu=not on_gpu,
+                bf16=bf16, fp16=False, gradient_checkpointing=on_gpu, use_cpu=not on_gpu,
                 optim=optimizer(on_gpu), lr_scheduler_type="linear",
                 warmup_steps=0.03, logging_steps=1, save_strategy="no", report_to="none",
                 dataloader_num_workers=0, disable_tqdm=True, **extra)
 
 
 def load_causal_lm(model_id: str, qlora: bool):
-    """The base model (fp32 on the CPU, bf16 on GPU; 4-bit when QLoRA runs) and its tokenizer."""
-    import torch
+    """The base model (bf16 where the GPU or CPU computes in it, else fp32; 4-bit when QLoRA runs) and its
+    tokenizer. The LoRA weights peft adds stay fp32, so the optimizer updates full-precision numbers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     q = quant_config(qlora)
     kw = {"quantization_config": q, "device_map": {"": 0}} if q else {}
-    dtype = torch.bfloat16 if cuda_available() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype, **kw)
+    model = AutoModelForCausalLM.from_pretrained(model_id, dtype=compute_dtype(), **kw)
     tok = AutoTokenizer.from_pretrained(model_id)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -213,7 +215,8 @@ def _finish(trainer, out_dir: Path, key: str, used_qlora: bool, t0: float, **ext
     result = TrainResult(adapter=str(out_dir), path="qlora" if used_qlora else "lora",
                          steps=trainer.state.global_step, seconds=round(time.monotonic() - t0, 1),
                          trainable_params=trainable, losses=_losses(trainer), extra=extra,
-                         optimizer=str(getattr(trainer.args.optim, "value", trainer.args.optim)))
+                         optimizer=str(getattr(trainer.args.optim, "value", trainer.args.optim)),
+                         dtype="bf16" if trainer.args.bf16 else "fp32")
     if acc.is_main_process:
         record_training(out_dir, key, result.to_dict())
     return result

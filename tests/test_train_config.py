@@ -37,10 +37,14 @@ def test_gpu_training_config_builds_on_the_cpu(profile, section, tmp_path, monke
         assert built.beta == 0.1
 
 
-def test_cpu_training_config_is_plain_adamw_in_fp32(tmp_path):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_cpu_training_config_is_plain_adamw_in_the_cpu_dtype(tmp_path, monkeypatch, dtype):
+    """bf16 autocast on a CPU only where precision.dtype_name says so (bf16 matrix units, or the override)."""
+    monkeypatch.setenv("SPEED_REPRO_DTYPE", dtype)
     tc = load_profile("cpu").junior
     args = train.trainer_args(tc, tmp_path, seed=0, on_gpu=False)
-    assert (args["optim"], args["bf16"], args["gradient_checkpointing"], args["use_cpu"]) == ("adamw_torch", False, False, True)
+    assert (args["optim"], args["bf16"], args["gradient_checkpointing"], args["use_cpu"]) == \
+        ("adamw_torch", dtype == "bf16", False, True)
     assert (args["per_device_train_batch_size"], args["gradient_accumulation_steps"]) == (4, 2)  # batch 8 on the CPU
 
 
