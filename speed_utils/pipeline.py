@@ -285,12 +285,14 @@ def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     ensure_kernel()
     log(f"run {run_paths.root} (profile {cfg.name}, stages {', '.join(f'{n:02d}' for n in todo)})")
+    walls: dict[int, float | None] = {}
     for i, n in enumerate(todo, 1):
         stage = STAGES[n]
         label = f"[{i}/{len(todo)}] stage {n:02d} {stage.name}"
         ok, why = marker_matches(run_paths, cfg, stage)
         if ok and not force:
             log(f"{label}: skipped ({why}; --force reruns it)")
+            walls[n] = None
             continue
         log(f"{label}: running ({why if not force else 'forced'})")
         if force:  # from scratch: a forced stage trains again rather than reusing its finished trainings
@@ -330,8 +332,20 @@ def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until:
                                                          "in_kernel_s": marker["seconds"], "profile": cfg.name,
                                                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}])
         log(f"{label}: done in {wall:.1f}s  {json.dumps(marker['metrics'])[:300]}")
+        walls[n] = wall
+    log(stage_time_table(walls))
     log(f"finished: {run_paths.root}")
     return 0
+
+
+def stage_time_table(walls: dict[int, float | None]) -> str:
+    """Seconds per stage of this invocation (None: skipped as up to date), with the total."""
+    lines = ["stage                  seconds"]
+    for n, wall in walls.items():
+        lines.append(f"{n:02d} {STAGES[n].name:<18s} {'skipped' if wall is None else f'{wall:7.0f}':>8s}")
+    ran = [w for w in walls.values() if w is not None]
+    lines.append(f"{'total':21s} {sum(ran):8.0f}  ({sum(ran) / 60:.1f} min, {len(ran)} stage(s) ran)")
+    return "\n".join(lines)
 
 
 def verify(run_dir: Path, log=print) -> int:
@@ -470,6 +484,10 @@ def estimate(profile: str, log=print) -> int:
     guard = cfg.teacher.max_calls
     if guard is not None and total["calls"] > guard:
         log(f"warning: teacher.max_calls={guard} is below the {total['calls']:,} calls planned; the run will stop there")
+    from .budget import estimate as wall_time, rates_for, table
+
+    log(f"\nwall time on {rates_for(cfg)['machine']} (rates: params/rates-*.yaml; measured per stage: logs/timings.jsonl)")
+    log(table(wall_time(cfg)))
     return 0
 
 

@@ -1,0 +1,157 @@
+"""Wall-time estimate of a run, stage by stage, from measured rates (``speed-repro estimate``).
+
+Each stage's seconds are its work, counted from the profile (teacher calls and tokens, generated
+tokens, training tokens, texts to encode), divided by a rate measured on the machine the profile is
+meant for (``params/rates-<profile>.yaml``, each rate beside the benchmark that measured it), plus a
+fixed start-up cost per stage. The estimate is what the one-hour default run was sized with; the
+runner's closing table (``logs/timings.jsonl``) gives the measured side to compare against.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .config import Config, resolve_path
+
+# texts encoded per task at full size: per-task seconds of the reference cpu run's stage 08 at its
+# measured 30 texts/s (STS12 162 s, STS13 70, STS14 185, STS15 222, SICK-R 202, Banking77 209;
+# MSRP, LeeDocSTS and the polarity proxy together about 130 s)
+FULL_TEXTS = {"STS12": 4860, "STS13": 2100, "STS14": 5550, "STS15": 6660, "SICK-R": 6060,
+              "Banking77Classification": 6270, "MSRParaphraseCorpus": 3450, "LeeDocSTS": 100,
+              "PangLeePolarityClassification": 400}
+
+
+JUDGE_TEMPLATE = 300  # tokens of the judge prompt around the outputs it compares (prompts.judge_prompt)
+REVISION_PROMPT = 580  # tokens of a revision request (the reference run's revisor inputs: ~480, plus the template)
+
+
+@dataclass
+class StageEstimate:
+    stage: int
+    name: str
+    seconds: float
+    work: str  # what was counted, in words
+
+    def row(self) -> dict:
+        return {"stage": self.stage, "name": self.name, "seconds": round(self.seconds), "work": self.work}
+
+
+def rates_for(cfg: Config) -> dict:
+    path = resolve_path(f"params/rates-{cfg.name}.yaml")
+    if not path.is_file():
+        path = resolve_path("params/rates-cpu.yaml")
+    return yaml.safe_load(Path(path).read_text())
+
+
+def _teacher_s(r: dict, calls: int, prompt_tokens: float, kind: str) -> float:
+    t = r["teacher"]
+    return calls * (prompt_tokens / t["prompt_tok_s"] + t["completion_tokens"][kind] / t["completion_tok_s"])
+
+
+def _eval_texts(tasks, limit: int | None) -> int:
+    return sum(min(FULL_TEXTS.get(t, 2000), 2 * limit) if limit else FULL_TEXTS.get(t, 2000) for t in tasks)
+
+
+def _embed_train_s(r: dict, rows: int, epochs: float, decoder: bool = True) -> float:
+    tokens = rows * epochs * 3 * 45  # query (with its instruction), positive, negative
+    rate = r["training"]["contrastive_tok_s"] if decoder else r["training"]["baseline_tok_s"]
+    return tokens / rate + r["training"]["model_load_s"]
+
+
+def estimate(cfg: Config) -> list[StageEstimate]:
+    """Predicted seconds for stages 00-11 of ``cfg`` (stage 11 from its sweep specs)."""
+    from .cost import estimate as teacher_plan
+
+    r = rates_for(cfg)
+    g, tr, over = r["generator"], r["training"], r["stage_overhead_s"]
+    plan = {row["kind"]: row for row in teacher_plan(cfg)}
+    per_call = {k: row["prompt_tokens"] / max(row["calls"], 1) for k, row in plan.items()}
+    s, sen, rev, q, syn, e, ev = (cfg.seed, cfg.senior, cfg.revisor, cfg.quality, cfg.synthesis,
+                                     cfg.embedder, cfg.evaluate)
+    seed_tokens = 208 + r["teacher"]["completion_tokens"]["seed"] + 30
+    sample_prompt = 210
+    kept = 0.93 * syn.n_examples  # the reference run kept 239 of 256 (93%)
+    tasks = list(ev.local_tasks if ev.local_tasks_dir else ()) + list(ev.proxy_tasks)
+    rows = [
+        StageEstimate(0, "environment", over, "versions, models checked"),
+        StageEstimate(1, "brainstorm", over + _teacher_s(r, plan["brainstorm"]["calls"], per_call["brainstorm"], "brainstorm"),
+                      f"{plan['brainstorm']['calls']} teacher calls"),
+        StageEstimate(2, "seed", over + _teacher_s(r, s.n_examples, per_call["seed"], "seed"), f"{s.n_examples} teacher calls"),
+        StageEstimate(3, "junior", over + tr["model_load_s"] + s.n_examples * cfg.junior.epochs * seed_tokens / tr["sft_tok_s"],
+                      f"SFT on {s.n_examples} x {cfg.junior.epochs:g} epochs"),
+        StageEstimate(4, "senior", over + 2 * tr["model_load_s"]
+                      + sen.n_prompts * sen.k_samples * g["sample_tokens"] / g["tok_s"]
+                      + _teacher_s(r, sen.n_prompts, JUDGE_TEMPLATE + sen.k_samples * g["sample_tokens"], "judge")
+                      + sen.n_prompts * sen.epochs * 2 * (sample_prompt + g["sample_tokens"]) * tr["dpo_factor"] / tr["sft_tok_s"],
+                      f"{sen.n_prompts}x{sen.k_samples} samples, {sen.n_prompts} judgements, DPO {sen.epochs:g} epochs"),
+        StageEstimate(5, "revisor", over + 4 * tr["model_load_s"]
+                      + _teacher_s(r, rev.n_examples, REVISION_PROMPT, "revision")
+                      + rev.n_examples * rev.epochs * (480 + 117 + 30) / tr["sft_tok_s"]
+                      + q.n_prompts * (2 * g["sample_tokens"] + g["revisor_tokens"] * 1.5) / g["tok_s"]
+                      + _teacher_s(r, 2 * q.n_prompts, JUDGE_TEMPLATE + 2 * g["sample_tokens"], "judge"),
+                      f"{rev.n_examples} revisions, revisor SFT {rev.epochs:g} epochs, quality on {q.n_prompts} prompts"),
+        StageEstimate(6, "synthesis", over + 2 * tr["model_load_s"]
+                      + syn.n_examples * (g["writer_tokens"] + (g["revisor_tokens"] * 1.5 if syn.revise else 0)) / g["tok_s"],
+                      f"{syn.n_examples} written" + (" and revised" if syn.revise else "")),
+        StageEstimate(7, "embedder", over + _embed_train_s(r, int(e.train_examples or kept), e.epochs)
+                      + (_embed_train_s(r, int(e.train_examples or kept), e.epochs, decoder=False) if e.baseline_finetune else 0),
+                      f"~{int(e.train_examples or kept)} rows x {e.epochs:g} epochs"),
+        StageEstimate(8, "evaluate", over + _eval_s(r, tasks, ev.limit, ev.compare, e.baseline_finetune),
+                      f"{len(tasks)} tasks" + (f", limit {ev.limit}" if ev.limit else ", full test sets")),
+        StageEstimate(9, "results", over, "tables"),
+        StageEstimate(10, "cost", over, "ledger"),
+        StageEstimate(11, "scaling", over + _sweeps_s(cfg, r), "ablation and scaling sweeps"),
+    ]
+    return rows
+
+
+def _eval_s(r: dict, tasks, limit: int | None, compare: bool, baseline: bool) -> float:
+    texts = _eval_texts(tasks, limit)
+    decoders = 2 if compare else 1
+    encoders = (2 if baseline else 1) if compare else 0
+    return texts * (decoders / r["encode"]["decoder_texts_s"] + encoders / r["encode"]["encoder_texts_s"])
+
+
+def _sweeps_s(cfg: Config, r: dict) -> float:
+    """Each point: its own junior passes, one embedder training and one evaluation; points that only
+    repeat the main run's settings (or another point's) are adopted and cost nothing."""
+    from .pipeline import load_sweep
+
+    g, total, seen = r["generator"], 0.0, set()
+    for key in ("ablation", "scaling"):
+        path = getattr(cfg.sweeps, key)
+        if not path:
+            continue
+        spec = load_sweep(path)
+        common = spec.get("set") or {}
+        emb, ev = common.get("embedder", {}), common.get("evaluate", {})
+        tasks = ev.get("local_tasks", cfg.evaluate.local_tasks)
+        for point in spec["points"].values():
+            syn = {**(point.get("synthesis") or {})}
+            if syn.get("generator") == "junior":
+                n = syn.get("n_examples", cfg.synthesis.n_examples)
+                passes = {("writer", n)} | ({("revisor", n)} if syn.get("revise", True) else set())
+                for p in passes - seen:
+                    total += n * (g["writer_tokens"] if p[0] == "writer" else g["revisor_tokens"] * 1.5) / g["tok_s"]
+                seen |= passes
+            rows = (point.get("embedder") or {}).get("train_examples", emb.get("train_examples"))
+            rows = rows or int(0.93 * cfg.synthesis.n_examples)
+            sig = ("point", rows, str(sorted(syn.items())))
+            if sig in seen:
+                continue  # adopted from a point already counted
+            seen.add(sig)
+            total += _embed_train_s(r, rows, emb.get("epochs", cfg.embedder.epochs))
+            total += _eval_texts(tasks, ev.get("limit", cfg.evaluate.limit)) / r["encode"]["decoder_texts_s"]
+            total += r["stage_overhead_s"]
+    return total
+
+
+def table(rows: list[StageEstimate]) -> str:
+    lines = ["stage                predicted s  work"]
+    for x in rows:
+        lines.append(f"{x.stage:02d} {x.name:<18s} {x.seconds:9.0f}  {x.work}")
+    total = sum(x.seconds for x in rows)
+    lines.append(f"{'total':21s} {total:9.0f}  ({total / 60:.1f} min)")
+    return "\n".join(lines)
