@@ -183,7 +183,9 @@ class GenerationCfg(Strict):
     # auto: vLLM where it and CUDA are present, else llama.cpp where the base has a GGUF, else transformers
     backend: Literal["auto", "llamacpp", "transformers", "vllm"] = "auto"
     tensor_parallel_size: PositiveInt = 1  # vLLM: GPUs per generator engine
-    parallel: PositiveInt = 4  # llama.cpp: slots decoded together (continuous batching)
+    # llama.cpp: slots decoded together (continuous batching). More than 1 is faster, but a row's numerics
+    # then depend on which rows share its batch, so a seeded rerun may not reproduce its text.
+    parallel: PositiveInt = 1
     slot_ctx: PositiveInt = 2048  # llama.cpp: context per slot (prompt + completion)
     threads: PositiveInt = 2  # llama.cpp: CPU threads
 
