@@ -71,7 +71,8 @@ def generation_engine(cfg: Config, base_override: str | None = None) -> str:
     if cfg.generation.backend != "auto":
         return cfg.generation.backend
     m = assets.spec(cfg.models.generator)
-    return backend_name(base_override is None and bool(m.gguf or m.gguf_repo))
+    # llama.cpp only offline, where the HF base is the GGUF dequantized, so adapters apply to what they trained on
+    return backend_name(base_override is None and m.gguf is not None and not cfg.use_hub())
 
 
 def open_generator(cfg: Config, adapter, log: Path | None = None, base_override: str | None = None,

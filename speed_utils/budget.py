@@ -39,10 +39,13 @@ class StageEstimate:
 
 
 def rates_for(cfg: Config) -> dict:
+    """The profile's rates file, else the cpu machine's (marked so: its times do not fit a GPU)."""
     path = resolve_path(f"params/rates-{cfg.name}.yaml")
-    if not path.is_file():
-        path = resolve_path("params/rates-cpu.yaml")
-    return yaml.safe_load(Path(path).read_text())
+    if path.is_file():
+        return yaml.safe_load(Path(path).read_text())
+    rates = yaml.safe_load(resolve_path("params/rates-cpu.yaml").read_text())
+    return {**rates, "machine": f"{rates['machine']} (no params/rates-{cfg.name}.yaml: the cpu machine's rates, "
+                                f"not this profile's hardware)"}
 
 
 def _teacher_s(r: dict, calls: int, prompt_tokens: float, kind: str) -> float:
@@ -73,7 +76,7 @@ def estimate(cfg: Config) -> list[StageEstimate]:
     seed_tokens = 208 + r["teacher"]["completion_tokens"]["seed"] + 30
     sample_prompt = 210
     kept = 0.93 * syn.n_examples  # the reference run kept 239 of 256 (93%)
-    tasks = list(ev.local_tasks if ev.local_tasks_dir else ()) + list(ev.proxy_tasks)
+    tasks = list(ev.tasks) + list(ev.local_tasks if ev.local_tasks_dir else ()) + list(ev.proxy_tasks)
     rows = [
         StageEstimate(0, "environment", over, "versions, models checked"),
         StageEstimate(1, "brainstorm", over + _teacher_s(r, plan["brainstorm"]["calls"], per_call["brainstorm"], "brainstorm"),

@@ -276,7 +276,8 @@ def train_stage(cfg, run) -> dict:
         remove(run.models / "baseline")
         remove(record_path(run.models / "baseline"))
     for folder, name, lr in jobs:
-        key = training_key(kind="embedder", model=name, rows=rows, settings=ec.model_dump(), lr=lr, seed=cfg.run.seed)
+        key = training_key(kind="embedder", model=name, rows=rows, settings=ec.model_dump(), lr=lr, seed=cfg.run.seed,
+                           dtype=dtype_name())
         if (done := trained_before(run.models / folder, key)) is not None:
             out[folder] = {**done, "reused": True}
             continue

@@ -18,6 +18,7 @@ import importlib.metadata
 import importlib.util
 import json
 import sys
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -64,12 +65,12 @@ class GenRequest:
 
 
 def backend_name(has_gguf: bool = False) -> str:
-    """"vllm" where vLLM and CUDA are both available; else "llamacpp" if the base has a GGUF; else "transformers"."""
-    if importlib.util.find_spec("vllm"):
-        import torch
+    """On a GPU: "vllm" where it is installed, else "transformers". On a CPU: "llamacpp" if the base
+    has a GGUF, else "transformers"."""
+    import torch
 
-        if torch.cuda.is_available():
-            return "vllm"
+    if torch.cuda.is_available():
+        return "vllm" if importlib.util.find_spec("vllm") else "transformers"
     return "llamacpp" if has_gguf else "transformers"
 
 
@@ -101,6 +102,7 @@ class Generator:
         self.model_id, self.adapter, self.batch_size = model_id, adapter, batch_size
         self.backend = backend if backend not in (None, "auto") else backend_name(gguf is not None)
         self.tokens_out = 0
+        self._count = threading.Lock()  # llama.cpp rows finish on worker threads
         self.server = None
         if adapter and not Path(adapter).is_dir():
             raise FileNotFoundError(f"adapter folder {adapter} does not exist")
@@ -144,10 +146,10 @@ class Generator:
         lora = adapter_to_gguf(Path(self.adapter), self.model_id) if self.adapter else None
         log = log_path or Path(tempfile.gettempdir()) / f"speed-generator-{Path(gguf).parent.name}.log"
         self.parallel = parallel
+        self.fingerprint = [JOURNAL_VERSION, "llamacpp", Path(gguf).name, Path(gguf).stat().st_size,
+                            *self._adapter_id(), importlib.metadata.version("xllamacpp"), "no-prompt-cache"]
         self.server = LlamaServer(Path(gguf), log, n_ctx=slot_ctx, n_parallel=parallel, threads=threads,
                                   loras=(lora,) if lora else ()).start()
-        self.fingerprint = [JOURNAL_VERSION, "llamacpp", Path(gguf).name, Path(gguf).stat().st_size,
-                            *self._adapter_id(), importlib.metadata.version("xllamacpp")]
 
     def close(self) -> None:
         if self.server is not None:
@@ -218,15 +220,13 @@ class Generator:
                       ids: list[int]) -> Iterator[tuple[int, list[str]]]:
         """Every row as its own request to the server's slots, queued all at once so no slot idles
         between chunks (continuous batching); chunks are yielded in order as their rows finish."""
-        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+        pool = ThreadPoolExecutor(max_workers=self.parallel)
+        try:
             futures = [[pool.submit(self._complete, reqs[i], k) for i, k in chunk] for chunk in chunks]
-            try:
-                for j, fs in zip(ids, futures):
-                    yield j, [f.result() for f in fs]
-            finally:
-                for fs in futures:
-                    for f in fs:
-                        f.cancel()
+            for j, fs in zip(ids, futures):
+                yield j, [f.result() for f in fs]
+        finally:  # on an error or a kill, queued rows are dropped and close() stops the server
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _complete(self, r: GenRequest, sample_id: int) -> str:
         """One sample from llama.cpp: the request's sampler exactly (no top-k, min-p or penalties added)."""
@@ -234,9 +234,12 @@ class Generator:
         body = {"prompt": self.chat_text(r.prompt), "n_predict": r.max_new_tokens, "seed": row_seed(r.seed, sample_id),
                 "temperature": r.temperature if sampling else 0.0, "top_p": r.top_p if sampling else 1.0,
                 "top_k": 0 if sampling else 1, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0,
-                "cache_prompt": True, "lora": [{"id": 0, "scale": 1.0}] if self.adapter else []}
+                # no reuse of an earlier request's prompt cache: a row's text must not depend on what ran
+                # before it (a resumed stage starts with an empty cache)
+                "cache_prompt": False, "lora": [{"id": 0, "scale": 1.0}] if self.adapter else []}
         res = self.server.complete(body)
-        self.tokens_out += int(res.get("tokens_predicted", 0))
+        with self._count:
+            self.tokens_out += int(res.get("tokens_predicted", 0))
         return res["content"]
 
     def _batch_key(self, reqs: list[GenRequest], sample_ids: list[int]) -> str:

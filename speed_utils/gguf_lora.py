@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from . import assets
-from .runs import sha256_path
+from .runs import atomic_write_json, sha256_path
 
 
 class ConversionError(RuntimeError):
@@ -45,14 +45,19 @@ def adapter_to_gguf(adapter: Path, base_folder: str, outtype: str = "f32") -> Pa
     out = adapter.with_name(adapter.name + ".gguf")
     sidecar = out.with_name(out.name + ".json")
     source = {"adapter_sha256": sha256_path(adapter), "outtype": outtype, "converter": assets.LLAMA_CPP_SDIST[0]}
-    if out.exists() and sidecar.exists() and json.loads(sidecar.read_text()) == source:
+    try:
+        recorded = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        recorded = None
+    if out.exists() and recorded == {**source, "gguf_sha256": sha256_path(out)}:
         return out
+    sidecar.unlink(missing_ok=True)  # never a sidecar that vouches for another conversion
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     base_arg = ["--base", base_folder] if Path(base_folder).is_dir() else ["--base-model-id", base_folder]
     _run_converter("convert_lora_to_gguf.py", [*base_arg, "--outfile", str(tmp), "--outtype", outtype, str(adapter)],
                    f"adapter {adapter}")
     os.replace(tmp, out)
-    sidecar.write_text(json.dumps(source))
+    atomic_write_json(sidecar, {**source, "gguf_sha256": sha256_path(out)})
     return out
 
 

@@ -73,6 +73,14 @@ class LlamaServer:
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
         log.close()
+        try:
+            self._wait_ready()
+        except BaseException:  # not ready, or interrupted while waiting: leave no child behind
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -81,11 +89,10 @@ class LlamaServer:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
                     if r.status == 200:
-                        return self
+                        return
             except OSError:
                 pass
             time.sleep(0.25)
-        self.stop()
         raise ServerError(f"llama.cpp server not ready after {self.startup_timeout_s:.0f}s; see {self.log_path}")
 
     def complete(self, body: dict, timeout_s: float = 1800.0) -> dict:

@@ -91,6 +91,8 @@ class StageError(RuntimeError):
 
 
 from .synthesis import SynthesisError  # noqa: E402
+from .gguf_lora import ConversionError  # noqa: E402
+from .llama_server import ServerError  # noqa: E402
 from .teacher import TeacherError  # noqa: E402  (after StageError: teacher imports nothing from here)
 
 
@@ -696,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (StageError, AssetError, TeacherError, SynthesisError, RunLocked) as e:
+    except (StageError, AssetError, TeacherError, SynthesisError, RunLocked, ServerError, ConversionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # output piped into head or less, closed early: not an error

@@ -233,6 +233,7 @@ def sft(model_id: str, rows: Sequence[dict], out_dir: Path, tc: TrainCfg, max_le
     from trl import SFTConfig, SFTTrainer
 
     key = training_key(kind="sft", model=model_id, rows=list(rows), settings=tc.model_dump(), max_length=max_length,
+                       dtype=dtype_name(),
                        seed=seed)
     if (done := _reused(out_dir, key)) is not None:
         return done
@@ -260,7 +261,7 @@ def dpo(model_id: str, junior_adapter: str | Path, pairs: Sequence[dict], out_di
     from peft import PeftModel
     from trl import DPOConfig, DPOTrainer
 
-    key = training_key(kind="dpo", model=model_id, start=sha256_path(junior_adapter), pairs=list(pairs),
+    key = training_key(kind="dpo", model=model_id, start=sha256_path(junior_adapter), pairs=list(pairs), dtype=dtype_name(),
                        settings=tc.model_dump(), max_length=max_length, seed=seed)
     if (done := _reused(out_dir, key)) is not None:
         return done
