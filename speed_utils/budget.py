@@ -34,9 +34,6 @@ class StageEstimate:
     seconds: float
     work: str  # what was counted, in words
 
-    def row(self) -> dict:
-        return {"stage": self.stage, "name": self.name, "seconds": round(self.seconds), "work": self.work}
-
 
 def rates_for(cfg: Config) -> dict:
     """The profile's rates file, else the cpu machine's (marked so: its times do not fit a GPU)."""

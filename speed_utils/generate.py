@@ -190,14 +190,15 @@ class Generator:
             groups.setdefault((r.temperature, r.top_p, r.max_new_tokens), []).extend((i, k) for k in range(r.n))
         chunks = [rows[s:s + self.batch_size] for rows in groups.values() for s in range(0, len(rows), self.batch_size)]
         keys = [self._batch_key([reqs[i] for i, _ in c], [k for _, k in c]) for c in chunks]
-        todo = [j for j, c in enumerate(chunks) if len(done.get(keys[j]) or []) != len(c)]
-        for j in set(range(len(chunks))) - set(todo):
+        finished = {j for j, c in enumerate(chunks) if len(done.get(keys[j]) or []) == len(c)}
+        for j in finished:
             for (i, k), text in zip(chunks[j], done[keys[j]]):
                 out[i].append((k, text))
-        bar = tqdm(total=sum(map(len, chunks)), initial=sum(len(chunks[j]) for j in range(len(chunks)) if j not in todo),
+        bar = tqdm(total=sum(map(len, chunks)), initial=sum(len(chunks[j]) for j in finished),
                    desc=desc, unit="seq", mininterval=2.0, file=sys.stderr)
         t0 = time.monotonic()
-        for j, texts in self._run(reqs, [chunks[j] for j in todo], todo):
+        todo = [j for j in range(len(chunks)) if j not in finished]
+        for j, texts in self._run(reqs, chunks, todo):
             if journal:
                 append_jsonl(journal, [{"key": keys[j], "texts": texts}])
             for (i, k), text in zip(chunks[j], texts):
@@ -208,22 +209,22 @@ class Generator:
         return [[t for _, t in sorted(samples)] for samples in out]
 
     def _run(self, reqs: Sequence[GenRequest], chunks: list[list[tuple[int, int]]],
-             ids: list[int]) -> Iterator[tuple[int, list[str]]]:
-        """(chunk id, texts) for each chunk, as it finishes."""
+             todo: list[int]) -> Iterator[tuple[int, list[str]]]:
+        """(chunk id, texts) for each chunk in ``todo``, in order, as it finishes."""
         if self.backend == "llamacpp":
-            yield from self._run_llamacpp(reqs, chunks, ids)
+            yield from self._run_llamacpp(reqs, chunks, todo)
             return
-        for j, chunk in zip(ids, chunks):
-            yield j, self._batch([reqs[i] for i, _ in chunk], [k for _, k in chunk])
+        for j in todo:
+            yield j, self._batch([reqs[i] for i, _ in chunks[j]], [k for _, k in chunks[j]])
 
     def _run_llamacpp(self, reqs: Sequence[GenRequest], chunks: list[list[tuple[int, int]]],
-                      ids: list[int]) -> Iterator[tuple[int, list[str]]]:
+                      todo: list[int]) -> Iterator[tuple[int, list[str]]]:
         """Every row as its own request to the server's slots, queued all at once so no slot idles
         between chunks (continuous batching); chunks are yielded in order as their rows finish."""
         pool = ThreadPoolExecutor(max_workers=self.parallel)
         try:
-            futures = [[pool.submit(self._complete, reqs[i], k) for i, k in chunk] for chunk in chunks]
-            for j, fs in zip(ids, futures):
+            futures = [[pool.submit(self._complete, reqs[i], k) for i, k in chunks[j]] for j in todo]
+            for j, fs in zip(todo, futures):
                 yield j, [f.result() for f in fs]
         finally:  # on an error or a kill, queued rows are dropped and close() stops the server
             pool.shutdown(wait=False, cancel_futures=True)
