@@ -50,6 +50,13 @@ def _teacher_s(r: dict, calls: int, prompt_tokens: float, kind: str) -> float:
     return calls * (prompt_tokens / t["prompt_tok_s"] + t["completion_tokens"][kind] / t["completion_tok_s"])
 
 
+def _gen_s(g: dict, n: float, kind: str) -> float:
+    """Seconds for ``n`` generations of one kind ("sample", "writer" or "revisor"); the revisor's
+    longer prompts (task, instructions and the original) make its tokens slower."""
+    rate = g["revisor_tok_s"] if kind == "revisor" else g["tok_s"]
+    return n * g[f"{kind}_tokens"] / rate
+
+
 def _eval_texts(tasks, limit: int | None) -> int:
     return sum(min(FULL_TEXTS.get(t, 2000), 2 * limit) if limit else FULL_TEXTS.get(t, 2000) for t in tasks)
 
@@ -82,18 +89,18 @@ def estimate(cfg: Config) -> list[StageEstimate]:
         StageEstimate(3, "junior", over + tr["model_load_s"] + s.n_examples * cfg.junior.epochs * seed_tokens / tr["sft_tok_s"],
                       f"SFT on {s.n_examples} x {cfg.junior.epochs:g} epochs"),
         StageEstimate(4, "senior", over + 2 * tr["model_load_s"]
-                      + sen.n_prompts * sen.k_samples * g["sample_tokens"] / g["tok_s"]
+                      + _gen_s(g, sen.n_prompts * sen.k_samples, "sample")
                       + _teacher_s(r, sen.n_prompts, JUDGE_TEMPLATE + sen.k_samples * g["sample_tokens"], "judge")
                       + sen.n_prompts * sen.epochs * 2 * (sample_prompt + g["sample_tokens"]) * tr["dpo_factor"] / tr["sft_tok_s"],
                       f"{sen.n_prompts}x{sen.k_samples} samples, {sen.n_prompts} judgements, DPO {sen.epochs:g} epochs"),
         StageEstimate(5, "revisor", over + 4 * tr["model_load_s"]
                       + _teacher_s(r, rev.n_examples, REVISION_PROMPT, "revision")
                       + rev.n_examples * rev.epochs * (480 + 117 + 30) / tr["sft_tok_s"]
-                      + q.n_prompts * (2 * g["sample_tokens"] + g["revisor_tokens"] * 1.5) / g["tok_s"]
+                      + _gen_s(g, q.n_prompts, "sample") + _gen_s(g, q.n_prompts, "writer") + _gen_s(g, q.n_prompts, "revisor")
                       + _teacher_s(r, 2 * q.n_prompts, JUDGE_TEMPLATE + 2 * g["sample_tokens"], "judge"),
                       f"{rev.n_examples} revisions, revisor SFT {rev.epochs:g} epochs, quality on {q.n_prompts} prompts"),
         StageEstimate(6, "synthesis", over + 2 * tr["model_load_s"]
-                      + syn.n_examples * (g["writer_tokens"] + (g["revisor_tokens"] * 1.5 if syn.revise else 0)) / g["tok_s"],
+                      + _gen_s(g, syn.n_examples, "writer") + (_gen_s(g, syn.n_examples, "revisor") if syn.revise else 0),
                       f"{syn.n_examples} written" + (" and revised" if syn.revise else "")),
         StageEstimate(7, "embedder", over + _embed_train_s(r, int(e.train_examples or kept), e.epochs)
                       + (_embed_train_s(r, int(e.train_examples or kept), e.epochs, decoder=False) if e.baseline_finetune else 0),
@@ -134,7 +141,7 @@ def _sweeps_s(cfg: Config, r: dict) -> float:
                 n = syn.get("n_examples", cfg.synthesis.n_examples)
                 passes = {("writer", n)} | ({("revisor", n)} if syn.get("revise", True) else set())
                 for p in passes - seen:
-                    total += n * (g["writer_tokens"] if p[0] == "writer" else g["revisor_tokens"] * 1.5) / g["tok_s"]
+                    total += _gen_s(g, n, p[0])
                 seen |= passes
             rows = (point.get("embedder") or {}).get("train_examples", emb.get("train_examples"))
             rows = rows or int(0.93 * cfg.synthesis.n_examples)

@@ -241,8 +241,10 @@ def sft(model_id: str, rows: Sequence[dict], out_dir: Path, tc: TrainCfg, max_le
     model, tok, used_qlora = load_causal_lm(model_id, tc.qlora)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
                                "completion": [{"role": "assistant", "content": r["completion"]}]} for r in rows])
+    # micro-batches of similar lengths: a micro-batch is padded to its longest row. On the cpu run's
+    # 37 seed examples (206-510 tokens) random micro-batches of 4 were 25% padding, sorted ones 3%
     args = SFTConfig(**trainer_args(tc, out_dir, seed), max_length=max_length,
-                     completion_only_loss=True, packing=False)
+                     completion_only_loss=True, packing=False, train_sampling_strategy="group_by_length")
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
                          peft_config=lora_config(tc.lora), callbacks=[*(callbacks or []), step_logger()])
     trainer.train()
