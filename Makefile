@@ -42,7 +42,7 @@ test-fast: setup
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py
 
-## crash-resume stress: 10 SIGKILLs in stages 02, 04, 06, compared with an uninterrupted run
+## crash-resume stress: 10 SIGKILLs (teacher calls, training, llama.cpp generation), compared with an uninterrupted run
 stress: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/stress.py
 

@@ -1,10 +1,16 @@
-"""`make stress`: SIGKILL the runner at seeded random moments in stages 02, 04 and 06, rerun each time,
-and compare the final outputs with an uninterrupted run of the same profile and seed.
+"""`make stress`: SIGKILL the runner at seeded moments inside chosen phases of stages 02-06, rerun each
+time, and compare the final outputs with an uninterrupted run of the same profile and seed.
+
+Phases: ``teacher`` (stage 02, at a random point of the stage), ``training`` (a kill a moment after the
+trainer logged a step: stage 03's junior SFT), ``generation`` (a kill while the llama.cpp server is
+answering a generator request: stage 04's junior samples, stage 06's writer and revisor). Each kill
+records the phase it was aimed at.
 
 Checks: every output file equal row for row; no teacher request sent twice (ledger); no file holding a
 partial line (speed-repro verify). Prints the counts the issue asks for. The profile is smoke with one
 llama.cpp slot, so that teacher replies do not depend on how requests share a batch.
-Usage: python benchmarks/stress.py [--kills 4,3,3] [--seed 0] [--keep DIR]
+Usage: python benchmarks/stress.py [--kills 2:teacher=3,3:training=2,4:generation=2,6:generation=3]
+       [--seed 0] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -36,13 +42,38 @@ def starts(run: Path, stage: int) -> int:
     return logs[0].read_text().count(f"stage {stage:02d} ====") if logs else 0
 
 
+def lines(path: Path) -> int:
+    return path.read_text(errors="replace").count("\n") if path.exists() else 0
+
+
+def phase_signal(run: Path, stage: int, phase: str) -> int:
+    """A count that grows while ``phase`` runs: generator requests the llama.cpp server started, or
+    training steps the trainer logged (stage stdout)."""
+    if phase == "generation":
+        log = run / "logs" / "llama-generator.log"
+        return log.read_text(errors="replace").count("launch_slot_") if log.exists() else 0
+    logs = list((run / "logs").glob(f"{stage:02d}_*.stdout.log"))
+    return sum(1 for x in logs[0].read_text(errors="replace").splitlines() if x.startswith("step ")) if logs else 0
+
+
+def parse_kills(spec: str) -> list[tuple[int, str, int]]:
+    out = []
+    for part in spec.split(","):
+        where, n = part.split("=")
+        stage, phase = where.split(":")
+        assert phase in ("teacher", "training", "generation"), f"unknown phase {phase!r} in --kills"
+        out.append((int(stage), phase, int(n)))
+    return out
+
+
 def rows(path: Path) -> list:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kills", default="4,3,3", help="kills during stages 02, 04, 06")
+    ap.add_argument("--kills", default="2:teacher=3,3:training=2,4:generation=2,6:generation=3",
+                    help="STAGE:PHASE=N,... (phases: teacher, training, generation)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, default=None)
     a = ap.parse_args()
@@ -53,15 +84,16 @@ def main() -> None:
                                     "seed": {"n_examples": 24}, "senior": {"n_prompts": 6}, "revisor": {"n_examples": 12},
                                     "synthesis": {"n_examples": 24, "chunk_size": 3}}))
     runs = root / "runs"
-    base = ["run", "--profile", str(prof), "--runs-dir", str(runs), "--until", "6"]
+    plan = parse_kills(a.kills)
+    base = ["run", "--profile", str(prof), "--runs-dir", str(runs), "--until", str(max(st for st, _, _ in plan))]
     t0 = time.monotonic()
     assert cli(*base, "--run-id", "ref").wait() == 0, "the uninterrupted run failed"
     ref_s = time.monotonic() - t0
     took = {r["stage"]: r["wall_s"] for r in rows(runs / "ref" / "logs" / "timings.jsonl")}
     rng = random.Random(a.seed)
-    killed, plan = runs / "killed", dict(zip((2, 4, 6), (int(k) for k in a.kills.split(","))))
+    killed = runs / "killed"
     kills, carry = [], 0
-    for stage, n in plan.items():
+    for stage, phase, n in plan:
         want, carry, got, tries = n + carry, 0, 0, 0
         marker = killed / "stages" / f"{stage:02d}.done.json"
         while got < want:
@@ -71,27 +103,32 @@ def main() -> None:
             tries += 1
             if tries > 3 * want + 5:
                 raise SystemExit(f"stage {stage:02d}: {got} of {want} kills after {tries - 1} tries; see {killed}/logs")
-            before = starts(killed, stage)
+            before, signal0 = starts(killed, stage), phase_signal(killed, stage, phase)
             proc = cli(*base, "--run-id", "killed", "--until", str(stage))
             give_up = time.monotonic() + 10 * max(took.values())
             while starts(killed, stage) == before and proc.poll() is None and time.monotonic() < give_up:
                 time.sleep(0.1)
-            delay = rng.uniform(0.05, 0.35) * took[stage]  # somewhere inside the stage (a resumed stage is quicker)
+            if phase == "teacher":  # somewhere inside the stage (a resumed stage is quicker)
+                delay = rng.uniform(0.05, 0.35) * took[stage]
+            else:  # wait until the phase is seen running in this attempt, then a moment more
+                while phase_signal(killed, stage, phase) == signal0 and proc.poll() is None:
+                    time.sleep(0.05)
+                delay = rng.uniform(0.2, 1.0) if phase == "generation" else rng.uniform(0.5, 3.0)
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.1)
+                time.sleep(0.05)
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 if not marker.exists():  # a kill after the marker was written did not interrupt the stage
-                    kills.append({"stage": stage, "after_s": round(delay, 1)})
+                    kills.append({"stage": stage, "phase": phase, "after_s": round(delay, 1)})
                     got += 1
             elif proc.returncode != 0:
                 raise SystemExit(f"stage {stage:02d}: the runner failed on its own (exit {proc.returncode}); "
                                  f"see {killed}/logs")
             time.sleep(0.5)
     if carry:
-        print(f"stage 06 finished before its last {carry} kill(s)", flush=True)
+        print(f"stage {plan[-1][0]:02d} finished before its last {carry} kill(s)", flush=True)
     assert cli(*base, "--run-id", "killed").wait() == 0, "the resumed run failed"
     lost = differing = 0
     for rel in OUTPUTS:
@@ -102,7 +139,8 @@ def main() -> None:
     keys = [r["key"] for r in ledger]
     verify = subprocess.run([sys.executable, "-m", "speed_utils.pipeline", "verify", str(killed)], cwd=REPO,
                             capture_output=True, text=True)
-    summary = {"kills": len(kills), "kills_by_stage": {s: sum(k["stage"] == s for k in kills) for s in plan},
+    summary = {"kills": len(kills), "kills_by_stage": {f"{st:02d} {ph}": sum(k["stage"] == st for k in kills)
+                                                       for st, ph, _ in plan},
                "outputs_compared": len(OUTPUTS), "outputs_differing": differing, "rows_lost": lost,
                "requests_repeated": len(keys) - len(set(keys)), "teacher_calls": len(keys),
                "verify": verify.stdout.strip().splitlines()[-1], "reference_run_s": round(ref_s), "folder": str(root)}

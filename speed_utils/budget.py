@@ -151,7 +151,7 @@ def _sweeps_s(cfg: Config, r: dict) -> float:
             seen.add(sig)
             total += _embed_train_s(r, rows, emb.get("epochs", cfg.embedder.epochs))
             total += _eval_texts(tasks, ev.get("limit", cfg.evaluate.limit)) / r["encode"]["decoder_texts_s"]
-            total += r["stage_overhead_s"]
+            total += r["stage_overhead_s"] * (3 if syn else 2)  # a notebook each for stages (06,) 07 and 08
     return total
 
 

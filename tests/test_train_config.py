@@ -52,3 +52,13 @@ def test_a_gpu_without_bitsandbytes_trains_with_plain_adamw_and_says_so(monkeypa
     monkeypatch.setattr(train, "has_bitsandbytes", lambda: False)
     assert train.optimizer(on_gpu=True) == "adamw_torch"
     assert "not paged AdamW" in caplog.text
+
+
+def test_short_trainings_spend_no_step_at_learning_rate_zero(tmp_path):
+    """3% warm-up rounded down: the cpu profile's 1-4 step trainings have none, the paper's 10K-row runs do."""
+    cpu = load_profile("cpu")
+    assert train.trainer_args(cpu.senior, tmp_path, seed=0, on_gpu=False, n_rows=8)["warmup_steps"] == 0
+    assert train.trainer_args(cpu.junior, tmp_path, seed=0, on_gpu=False, n_rows=28)["warmup_steps"] == 0
+    paper = load_profile("paper").junior  # batch 16
+    steps = -(-10_000 // 16) * paper.epochs
+    assert train.trainer_args(paper, tmp_path, seed=0, on_gpu=True, n_rows=10_000)["warmup_steps"] == int(0.03 * steps) > 0
