@@ -23,7 +23,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-## run the default profile end to end (stages 00-11, hours on 2 cores); PROFILE=smoke for a quick look
+## run the default profile end to end (stages 00-11, about an hour on 2 cores); PROFILE=smoke for a quick look
 run: setup
 	$(BIN)/speed-repro run --profile $(PROFILE)
 

@@ -5,10 +5,13 @@ own dtype choice (speed_utils.precision) is what is measured, on the same rows, 
 
 * contrastive: SmolLM2-135M, LoRA r16, cached InfoNCE (batch ``--batch``, mini-batch ``--mini``);
 * sft: Qwen2.5-Coder-0.5B, LoRA r16, trl SFT with the loss on the completion (batch 8);
-* encode: SmolLM2-135M as a last-token embedder, ``--texts`` texts.
+* encode: SmolLM2-135M as a last-token embedder, ``--texts`` texts;
+* scores (only with ``--only scores --run RUN``): the run's SmolLM2 embedders, untrained and trained,
+  scored by mteb on the profile's STS sets (STS12-15, SICK-R, the profile's row limit) in each dtype.
 
 Prints seconds per step (texts/s for encoding) of both sides and the ratio fp32 / bf16 (target
->= 2 for the steps on a CPU with bf16 matrix units). Usage: python benchmarks/precision.py [--steps 2]
+>= 2 for the steps on a CPU with bf16 matrix units); for scores, each task's score in both dtypes and
+the difference. Usage: python benchmarks/precision.py [--steps 2] [--only scores --run results/runs/cpu]
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import time
 from common import RESULT_PREFIX, machine, peak_rss_mb, report
 
 TASKS = ("contrastive", "sft", "encode")
+STS = ("STS12", "STS13", "STS14", "STS15", "SICK-R")
 
 
 def contrastive(a) -> dict:
@@ -71,14 +75,41 @@ def encode(a) -> dict:
     return {"texts_s": round(len(texts) / s, 1), "s": round(s, 1), "dtype": str(next(st.parameters()).dtype)}
 
 
+def scores(a) -> dict:
+    """mteb scores of the run's decoder embedders in this process's dtype (mteb cache in a temporary folder)."""
+    import tempfile
+    from pathlib import Path
+
+    from speed_utils import evaluate
+    from speed_utils.config import load_profile
+    from speed_utils.precision import dtype_name
+    from speed_utils.runs import RunPaths
+
+    import yaml
+
+    run = RunPaths(Path(a.run).resolve())
+    cfg = load_profile(yaml.safe_load(run.config.read_text())["name"])  # the profile the run was made with
+    tasks = [t for t in evaluate.tasks_for(cfg, use_hub=False)[0] if t.metadata.name in STS]
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        for c in evaluate.candidates(cfg, run):
+            if not c.label.startswith(cfg.models.embedder):
+                continue
+            enc = evaluate.InstructedEncoder(evaluate.load_candidate(c, cfg.embedder.max_length), c.mteb_name,
+                                             dtype_name(), c.use_instructions, cfg.evaluate.batch_size)
+            out[c.label] = {r["task"]: r["score"] for r in evaluate.evaluate_model(enc, tasks, Path(d), cfg.evaluate.batch_size)}
+    return {"scores": out, "dtype": dtype_name(), "limit": cfg.evaluate.limit}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--mini", type=int, default=8)
     ap.add_argument("--texts", type=int, default=256)
-    ap.add_argument("--only", choices=TASKS, action="append")
-    ap.add_argument("--task", choices=TASKS)
+    ap.add_argument("--only", choices=(*TASKS, "scores"), action="append")
+    ap.add_argument("--task", choices=(*TASKS, "scores"))
+    ap.add_argument("--run", default="results/runs/cpu", help="the run whose embedders --only scores evaluates")
     a = ap.parse_args()
     if a.task:
         out = globals()[a.task](a)
@@ -88,13 +119,22 @@ def main() -> None:
         sides = {}
         for dtype in ("fp32", "bf16"):
             proc = subprocess.run([sys.executable, __file__, "--task", task, "--steps", str(a.steps), "--batch", str(a.batch),
-                                   "--mini", str(a.mini), "--texts", str(a.texts)], capture_output=True, text=True,
+                                   "--mini", str(a.mini), "--texts", str(a.texts), "--run", a.run], capture_output=True, text=True,
                                   env={**os.environ, "SPEED_REPRO_DTYPE": dtype})
             line = [x for x in proc.stdout.splitlines() if x.startswith(RESULT_PREFIX)]
             if proc.returncode or not line:
                 raise SystemExit(proc.stderr[-3000:])
             sides[dtype] = json.loads(line[-1][len(RESULT_PREFIX):])
             print(f"  {task} {dtype}: {sides[dtype]}", flush=True)
+        if task == "scores":
+            diffs = {label: {t: round(sides["bf16"]["scores"][label][t] - v, 2) for t, v in per_task.items()}
+                     for label, per_task in sides["fp32"]["scores"].items()}
+            for label, d in diffs.items():
+                avg = {dt: sum(sides[dt]["scores"][label].values()) / len(d) for dt in ("fp32", "bf16")}
+                print(f"  {label}: average fp32 {avg['fp32']:.2f}, bf16 {avg['bf16']:.2f}; bf16 - fp32 per task {d}")
+            report("precision: STS scores bf16 - fp32", None, {**sides, "bf16_minus_fp32": diffs, **machine()},
+                   target="reported as measured")
+            continue
         if task == "encode":
             ratio, what = sides["bf16"]["texts_s"] / sides["fp32"]["texts_s"], "texts/s (bf16 / fp32)"
         else:

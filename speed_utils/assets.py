@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import fnmatch
 import functools
+import logging
 import os
 import shutil
 import socket
@@ -29,6 +30,8 @@ from pathlib import Path
 from platformdirs import user_cache_dir
 
 from .runs import sha256_path as sha256_file
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -356,6 +359,39 @@ LLAMA_CPP_SDIST = ("xllamacpp==2026.10.11549",
 _CONVERTER_MEMBERS = ("convert_lora_to_gguf.py", "convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 
 
+def _fetch_sdist(package: str, dest: Path) -> Path:
+    """The sdist file of ``name==version``: straight from the package index's simple page (PEP 503), else
+    ``pip download``. pip prepares an sdist's metadata before it keeps the file, which for xllamacpp
+    means installing its build requirements: about 4 minutes of a cold run (2026-12-01), for a file
+    that is only unpacked."""
+    import re
+    import urllib.parse
+    import urllib.request
+
+    name, version = package.split("==")
+    filename = f"{name}-{version}.tar.gz"
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{index}/{name}/", timeout=60) as r:
+            page = r.read().decode("utf-8", "replace")
+        (href,) = {h for h in re.findall(r'href="([^"#]+)', page) if h.rsplit("/", 1)[-1] == filename}
+        with urllib.request.urlopen(urllib.parse.urljoin(f"{index}/{name}/", href), timeout=300) as r, \
+                open(dest / filename, "wb") as fh:
+            shutil.copyfileobj(r, fh, 1 << 22)
+        return dest / filename
+    except (OSError, ValueError) as e:  # no such index page or file, or more than one link: let pip find it
+        log.info("index fetch of %s failed (%s); trying pip download", filename, e)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           "--no-cache-dir", "--disable-pip-version-check", "-q", "-d", str(dest), package]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    sdists = list(dest.glob("*.tar.gz"))
+    if proc.returncode != 0 and not sdists:  # a failed metadata build still leaves the file
+        tail = "\n".join(x for x in proc.stderr.splitlines() if "is ignored" not in x)[-2000:]
+        raise AssetError(f"pip download of the {package} sdist (llama.cpp's converters) failed: {tail}")
+    (sdist,) = sdists
+    return sdist
+
+
 def llama_cpp_converters() -> Path:
     """A folder with llama.cpp's GGUF converters, from the pinned xllamacpp sdist (sha256-checked, cached)."""
     package, pinned = LLAMA_CPP_SDIST
@@ -364,14 +400,7 @@ def llama_cpp_converters() -> Path:
         if (out / "convert_lora_to_gguf.py").exists():
             return out
         with tempfile.TemporaryDirectory(dir=cache_dir()) as scratch:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   "--no-cache-dir", "--disable-pip-version-check", "-q", "-d", scratch, package]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            sdists = list(Path(scratch).glob("*.tar.gz"))
-            if proc.returncode != 0 and not sdists:
-                tail = "\n".join(x for x in proc.stderr.splitlines() if "is ignored" not in x)[-2000:]
-                raise AssetError(f"pip download of the {package} sdist (llama.cpp's converters) failed: {tail}")
-            (sdist,) = sdists
+            sdist = _fetch_sdist(package, Path(scratch))
             if (got := sha256_file(sdist)) != pinned:
                 raise AssetError(f"sha256 mismatch for {sdist.name}: got {got}, pinned {pinned}")
             tmp = out.with_name(out.name + ".part")

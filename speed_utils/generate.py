@@ -95,7 +95,7 @@ class Generator:
     """
 
     def __init__(self, model_id: str, adapter: str | None = None, batch_size: int = 8, backend: str | None = None,
-                 tensor_parallel: int = 1, gguf: Path | None = None, parallel: int = 4, slot_ctx: int = 2048,
+                 tensor_parallel: int = 1, gguf: Path | None = None, parallel: int = 1, slot_ctx: int = 2048,
                  threads: int = 2, log_path: Path | None = None):
         from transformers import AutoTokenizer
 

