@@ -67,7 +67,8 @@ def parse_kills(spec: str) -> list[tuple[int, str, int]]:
 
 
 def rows(path: Path) -> list:
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    # split on newlines only: str.splitlines() also splits on U+2028 and the like, which JSON strings may hold
+    return [json.loads(x) for x in path.read_text().split("\n") if x] if path.exists() else []
 
 
 def main() -> None:
