@@ -42,10 +42,6 @@ def starts(run: Path, stage: int) -> int:
     return logs[0].read_text().count(f"stage {stage:02d} ====") if logs else 0
 
 
-def lines(path: Path) -> int:
-    return path.read_text(errors="replace").count("\n") if path.exists() else 0
-
-
 def phase_signal(run: Path, stage: int, phase: str) -> int:
     """A count that grows while ``phase`` runs: generator requests the llama.cpp server started, or
     training steps the trainer logged (stage stdout)."""

