@@ -24,11 +24,17 @@ from .teacher import Teacher
 from .teacher_data import ask_teacher, seed_prompts
 from .train import TrainResult, dpo, sft
 
+JUDGE_MAX_TOKENS = 400
+JUDGE_REASON_CHARS = 300  # a token holds at least one character, so a reason that loops (the smoke
+                          # teacher's did) cannot run the judgement into its token cap before "best"
+                          # and "worst" are written
+
+
 def judge_schema(k: int) -> dict:
-    """Constrained-decoding schema for a judgement over ``k`` outputs (indices 0..k-1)."""
+    """Constrained-decoding schema for a judgement over ``k`` outputs (indices 0..k-1), its reason bounded."""
     index = {"type": "integer", "enum": list(range(k))}
     return {"type": "object", "required": ["reason", "best", "worst"], "additionalProperties": False,
-            "properties": {"reason": {"type": "string"}, "best": index, "worst": index}}
+            "properties": {"reason": {"type": "string", "maxLength": JUDGE_REASON_CHARS}, "best": index, "worst": index}}
 
 
 def revision_schema(task_type: str) -> dict:
@@ -120,7 +126,7 @@ def judge_root(cfg: Config, run: RunPaths, teacher: Teacher, root: list[dict]) -
     prompts = [Prompt(id=f"judge-{r['id']}", kind="judge", task_type=r["task_type"],
                       text=judge_prompt(r["prompt"], r["outputs"]), task=r["task"], topic=r["topic"]) for r in root]
     by_id = {f"judge-{r['id']}": r for r in root}
-    kept, rejects = ask_teacher(teacher, prompts, _Sampling(400), cfg.run.seed, "04 teacher judges",
+    kept, rejects = ask_teacher(teacher, prompts, _Sampling(JUDGE_MAX_TOKENS), cfg.run.seed, "04 teacher judges",
                                 parse=lambda p, r: parse_judgement(r.content, cfg.senior.k_samples),
                                 schema=lambda p: fmt)
     prefs = []
@@ -218,7 +224,7 @@ def quality_check(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
                                        text=judge_prompt(p.text, outs), task=p.task, topic=p.topic))
             order.append(first_is_senior)
     fmt = response_format("judgement", judge_schema(2)) if cfg.teacher.structured_output else None
-    kept, rejects = ask_teacher(teacher, pair_prompts, _Sampling(400), cfg.run.seed, "05 teacher compares",
+    kept, rejects = ask_teacher(teacher, pair_prompts, _Sampling(JUDGE_MAX_TOKENS), cfg.run.seed, "05 teacher compares",
                                 parse=lambda p, r: parse_judgement(r.content, 2), schema=lambda p: fmt)
     senior_first = dict(zip((p.id for p in pair_prompts), order))
     verdict = pairwise_tally([(p.id.rsplit("-", 1)[0], senior_first[p.id], parsed.value["best"]) for p, _, parsed in kept])

@@ -113,3 +113,13 @@ def test_pairwise_tally_separates_preference_from_position_bias():
     assert t["first_named_best"] == round(5 / 7, 3)
     assert (t["prompts_senior_both_orders"], t["prompts_junior_both_orders"], t["prompts_split_by_order"]) == (1, 1, 1)
     assert pairwise_tally([])["win_rate"] is None
+
+
+def test_a_constrained_judgement_always_has_room_for_its_verdict():
+    """Under constrained decoding the reason is bounded in characters, and a token holds at least one,
+    so the reason plus the JSON around it ({"reason": ..., "best": k, "worst": k}) fits the token cap."""
+    from speed_utils import align
+
+    schema = align.judge_schema(4)
+    assert schema["properties"]["reason"]["maxLength"] == align.JUDGE_REASON_CHARS
+    assert align.JUDGE_REASON_CHARS + len('{"reason": "", "best": 3, "worst": 3}') < align.JUDGE_MAX_TOKENS
