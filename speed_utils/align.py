@@ -120,34 +120,105 @@ def root_data(cfg: Config, run: RunPaths) -> list[dict]:
     return rows
 
 
+def judge_orders(k: int, n_orders: int) -> list[tuple[str, list[int]]]:
+    """The orders a list of ``k`` outputs is shown to the judge in: (prompt-id tag, the original index
+    at each shown position). One order is the paper's judge; two add the reversed list."""
+    orders = [("", list(range(k)))]
+    if n_orders >= 2:
+        orders.append(("r-", list(range(k))[::-1]))
+    return orders
+
+
+def agreed(verdicts: list[dict], n_orders: int) -> dict | None:
+    """The pair of a list where every order names the same best output, in original indices: chosen is
+    that output, rejected the first order's worst (every order then ranks chosen above it, since chosen
+    is its best). None where an order is missing or the orders name different bests: a best picked by
+    position moves with the order, so a judge that picks by position keeps nothing."""
+    if len(verdicts) < n_orders:
+        return None
+    first = verdicts[0]
+    return first if all(v["best"] == first["best"] for v in verdicts) else None
+
+
 def judge_root(cfg: Config, run: RunPaths, teacher: Teacher, root: list[dict]) -> dict:
-    """The teacher picks best and worst of each list; invalid or tied picks are rejected and counted."""
-    fmt = response_format("judgement", judge_schema(cfg.senior.k_samples)) if cfg.teacher.structured_output else None
-    prompts = [Prompt(id=f"judge-{r['id']}", kind="judge", task_type=r["task_type"],
-                      text=judge_prompt(r["prompt"], r["outputs"]), task=r["task"], topic=r["topic"]) for r in root]
-    by_id = {f"judge-{r['id']}": r for r in root}
+    """The teacher picks best and worst of each list (SPEED §3.2.3), in ``senior.judge_orders`` orders.
+
+    With two orders (the list as sampled, then reversed) a pair is kept only where both judgements name
+    the same best output (:func:`agreed`): a judge that picks by position keeps nothing (issue 16).
+    Invalid or tied picks are rejected and counted; the judge's agreement with itself is reported.
+    """
+    k, n_orders = cfg.senior.k_samples, cfg.senior.judge_orders
+    fmt = response_format("judgement", judge_schema(k)) if cfg.teacher.structured_output else None
+    orders = judge_orders(k, n_orders)
+    prompts, shown = [], {}
+    for r in root:
+        for tag, perm in orders:
+            pid = f"judge-{tag}{r['id']}"
+            prompts.append(Prompt(id=pid, kind="judge", task_type=r["task_type"], task=r["task"], topic=r["topic"],
+                                  text=judge_prompt(r["prompt"], [r["outputs"][i] for i in perm])))
+            shown[pid] = (r["id"], perm)
     kept, rejects = ask_teacher(teacher, prompts, _Sampling(JUDGE_MAX_TOKENS), cfg.run.seed, "04 teacher judges",
-                                parse=lambda p, r: parse_judgement(r.content, cfg.senior.k_samples),
-                                schema=lambda p: fmt)
-    prefs = []
+                                parse=lambda p, r: parse_judgement(r.content, k), schema=lambda p: fmt)
+    verdicts: dict[str, list[dict]] = {}
     for p, _, parsed in kept:
-        row, j = by_id[p.id], parsed.value
-        prefs.append({"id": row["id"], "task_type": row["task_type"], "prompt": row["prompt"],
-                      "chosen": row["outputs"][j["best"]], "rejected": row["outputs"][j["worst"]],
-                      "best": j["best"], "worst": j["worst"], "reason": j["reason"]})
+        rid, perm = shown[p.id]
+        j = parsed.value
+        verdicts.setdefault(rid, []).append({"best": perm[j["best"]], "worst": perm[j["worst"]],
+                                             "shown_best": j["best"], "reason": j["reason"]})
+    prefs = []
+    for row in root:
+        if (v := agreed(verdicts.get(row["id"], []), n_orders)) is not None:
+            prefs.append({"id": row["id"], "task_type": row["task_type"], "prompt": row["prompt"],
+                          "chosen": row["outputs"][v["best"]], "rejected": row["outputs"][v["worst"]],
+                          "best": v["best"], "worst": v["worst"], "reason": v["reason"], "orders": n_orders})
     write_jsonl(run.data / "prefs.jsonl", prefs)
     write_jsonl(run.data / "prefs_rejects.jsonl", rejects)
-    return {"lists": len(root), "pairs": len(prefs), "rejected": len(rejects),
-            "reject_reasons": dict(Counter(r["reason"] for r in rejects)),
-            "best_index_counts": dict(Counter(p["best"] for p in prefs))}
+    complete = [v for v in verdicts.values() if len(v) == n_orders]
+    return {"lists": len(root), "judgements": len(prompts), "orders": n_orders, "pairs": len(prefs),
+            "rejected": len(rejects), "reject_reasons": dict(Counter(r["reason"] for r in rejects)),
+            "shown_first_named_best": round(sum(v["shown_best"] == 0 for vs in verdicts.values() for v in vs)
+                                            / max(len(kept), 1), 3),
+            "best_shown_position_counts": dict(Counter(v["shown_best"] for vs in verdicts.values() for v in vs)),
+            **(self_agreement(complete) if n_orders > 1 else {})}
+
+
+def self_agreement(complete: list[list[dict]]) -> dict:
+    """How often the judge named the same outputs in every order of a list (of the lists judged in all)."""
+    same_best = sum(all(v["best"] == vs[0]["best"] for v in vs) for vs in complete)
+    same_both = sum(all((v["best"], v["worst"]) == (vs[0]["best"], vs[0]["worst"]) for v in vs) for vs in complete)
+    n = len(complete)
+    return {"lists_judged_in_every_order": n, "same_best_every_order": same_best,
+            "same_best_and_worst_every_order": same_both,
+            "self_agreement": round(same_best / n, 3) if n else None,  # on the best: what keeps a pair
+            "self_agreement_ci95": [round(x, 3) for x in wilson(same_best, n)]}
 
 
 def train_senior(cfg: Config, run: RunPaths) -> TrainResult:
+    """DPO from the junior on the kept pairs. Where the judge agreed with itself on no list (two orders),
+    DPO has nothing to learn from: the senior is the junior, unchanged, and the result says so."""
     pairs = list(read_jsonl(run.data / "prefs.jsonl"))
+    if not pairs and cfg.senior.judge_orders > 1:
+        return unchanged_junior(run, "no list was judged alike in both orders: DPO on no pair leaves the junior as it is")
     if not pairs:
         raise ValueError(f"{run.data / 'prefs.jsonl'} holds no preference pair: every judgement was rejected")
     return dpo(base_model(cfg), run.adapters / "junior", pairs, run.adapters / "senior", cfg.senior,
                cfg.senior.max_length, cfg.run.seed)
+
+
+def unchanged_junior(run: RunPaths, why: str) -> TrainResult:
+    """The senior adapter as a copy of the junior's (written whole, then renamed into place)."""
+    import shutil
+    import time
+
+    t0 = time.monotonic()
+    out, tmp = run.adapters / "senior", run.adapters / "senior.part"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(run.adapters / "junior", tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    print(f"WARNING: {why}", flush=True)
+    return TrainResult(adapter=str(out), path="lora", steps=0, seconds=round(time.monotonic() - t0, 1),
+                       trainable_params=0, extra={"reward_margins": [], "unchanged_junior": why})
 
 
 # ---------------------------------------------------------------- 05 revisor
@@ -246,20 +317,25 @@ def pairwise_tally(trials: list[tuple[str, bool, int]]) -> dict:
 
     Every order is one trial: ``win_rate`` with its 95% Wilson interval. Because each prompt is asked in
     both orders, the judge's position bias shows too: how often it named the first output best, and per
-    prompt whether it preferred the same model in both orders or flipped with the order."""
+    prompt whether it preferred the same model in both orders or flipped with the order. The debiased
+    verdict, ``consistent_win_rate``, counts only the prompts whose two orders named the same model."""
     wins = sum((best == 0) == first for _, first, best in trials)
     lo, hi = wilson(wins, len(trials))
     senior_won: dict[str, dict[bool, bool]] = {}
     for pid, first, best in trials:
         senior_won.setdefault(pid, {})[first] = (best == 0) == first
     both = [v for v in senior_won.values() if len(v) == 2]
+    senior_both, junior_both = sum(all(v.values()) for v in both), sum(not any(v.values()) for v in both)
+    decided = senior_both + junior_both
     return {"wins": wins, "trials": len(trials), "win_rate": round(wins / len(trials), 3) if trials else None,
             "ci95": [round(lo, 3), round(hi, 3)],
             "first_named_best": round(sum(best == 0 for _, _, best in trials) / len(trials), 3) if trials else None,
-            "prompts_senior_both_orders": sum(all(v.values()) for v in both),
-            "prompts_junior_both_orders": sum(not any(v.values()) for v in both),
-            "prompts_split_by_order": sum(v[True] != v[False] for v in both)}
+            "prompts_senior_both_orders": senior_both, "prompts_junior_both_orders": junior_both,
+            "prompts_split_by_order": sum(v[True] != v[False] for v in both),
+            # the order-debiased verdict (issue 16): only prompts whose two orders agree count
+            "consistent_win_rate": round(senior_both / decided, 3) if decided else None,
+            "consistent_ci95": [round(x, 3) for x in wilson(senior_both, decided)]}
 
 
-__all__ = ["train_junior", "root_data", "judge_root", "train_senior", "revise_root", "train_revisor",
+__all__ = ["train_junior", "root_data", "judge_root", "judge_orders", "agreed", "train_senior", "revise_root", "train_revisor",
            "quality_check", "pairwise_tally", "wilson"]

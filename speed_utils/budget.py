@@ -90,9 +90,9 @@ def estimate(cfg: Config) -> list[StageEstimate]:
                       f"SFT on {s.n_examples} x {cfg.junior.epochs:g} epochs"),
         StageEstimate(4, "senior", over + 2 * tr["model_load_s"]
                       + _gen_s(g, sen.n_prompts * sen.k_samples, "sample")
-                      + _teacher_s(r, sen.n_prompts, JUDGE_TEMPLATE + sen.k_samples * g["sample_tokens"], "judge")
+                      + _teacher_s(r, sen.n_prompts * sen.judge_orders, JUDGE_TEMPLATE + sen.k_samples * g["sample_tokens"], "judge")
                       + sen.n_prompts * sen.epochs * 2 * (sample_prompt + g["sample_tokens"]) * tr["dpo_factor"] / tr["sft_tok_s"],
-                      f"{sen.n_prompts}x{sen.k_samples} samples, {sen.n_prompts} judgements, DPO {sen.epochs:g} epochs"),
+                      f"{sen.n_prompts}x{sen.k_samples} samples, {sen.n_prompts * sen.judge_orders} judgements, DPO {sen.epochs:g} epochs"),
         StageEstimate(5, "revisor", over + 4 * tr["model_load_s"]
                       + _teacher_s(r, rev.n_examples, REVISION_PROMPT, "revision")
                       + rev.n_examples * rev.epochs * (480 + 117 + 30) / tr["sft_tok_s"]

@@ -165,6 +165,9 @@ class SeniorCfg(TrainCfg):
     beta: PositiveFloat = 0.1
     lr: PositiveFloat = 1e-5
     batch_size: PositiveInt = 16
+    # 1: the paper's judge, one order. 2: each list is judged as sampled and reversed, and a pair is kept
+    # only where both name the same best and worst output (a small judge picks by position: issue 16)
+    judge_orders: Literal[1, 2] = 2
 
 
 class RevisorCfg(TrainCfg):

@@ -251,9 +251,13 @@ def task_source(task) -> str:
 
 
 # ---------------------------------------------------------------- running
-def evaluate_model(encoder: InstructedEncoder, tasks: list, out_dir: Path, batch_size: int) -> list[dict]:
+def evaluate_model(encoder: InstructedEncoder, tasks: list, out_dir: Path, batch_size: int,
+                   predictions: Path | None = None) -> list[dict]:
     """Run mteb task by task, caching results as mteb JSON under ``out_dir``; one score row per task,
-    and one printed line per task (score and seconds), so a long evaluation shows where it is."""
+    and one printed line per task (score and seconds), so a long evaluation shows where it is.
+
+    With ``predictions``, mteb also saves each task's per-pair similarities there (what the intervals of
+    :func:`sts_intervals` resample); an STS task cached without them is evaluated again."""
     import time
 
     import mteb
@@ -261,15 +265,85 @@ def evaluate_model(encoder: InstructedEncoder, tasks: list, out_dir: Path, batch
     cache, rows = mteb.ResultCache(str(out_dir)), []
     for task in tasks:
         t0 = time.monotonic()
-        res = mteb.evaluate(encoder, tasks=[task], cache=cache,
-                            overwrite_strategy="only-missing", encode_kwargs={"batch_size": batch_size},
-                            show_progress_bar=False)
+        missing = predictions is not None and is_sts(task) and not prediction_file(predictions, task).exists()
+        res = mteb.evaluate(encoder, tasks=[task], cache=cache, prediction_folder=predictions,
+                            overwrite_strategy="always" if missing else "only-missing",
+                            encode_kwargs={"batch_size": batch_size}, show_progress_bar=False)
         for tr in res.task_results:
             rows.append({"model": encoder.mteb_model_meta.name, "task": tr.task_name, "type": task.metadata.type,
                          "main_score": task.metadata.main_score, "score": round(100 * float(tr.get_score()), 2),
                          "source": task_source(task), "note": NOTES.get(tr.task_name, "")})
             print(f"  {tr.task_name}: {rows[-1]['score']:.2f} ({time.monotonic() - t0:.0f} s)", flush=True)
     return rows
+
+
+# ---------------------------------------------------------------- intervals (issue 16)
+def is_sts(task) -> bool:
+    return task.metadata.type == "STS" and task.metadata.main_score == "cosine_spearman"
+
+
+def prediction_file(folder: Path, task) -> Path:
+    return Path(folder) / task.prediction_file_name
+
+
+def sts_pairs(task, predictions: Path) -> tuple[list[float], list[float]]:
+    """(gold scores, cosine similarities) of an STS task's test pairs, in mteb's order."""
+    saved = json.loads(prediction_file(predictions, task).read_text())
+    cosine = saved["default"]["test"]["cosine_scores"]
+    if not getattr(task, "data_loaded", False):
+        task.load_data()
+    gold = list(task.dataset["test"]["score"])
+    if len(gold) != len(cosine):
+        raise ValueError(f"{prediction_file(predictions, task)}: {len(cosine)} similarities for {len(gold)} pairs")
+    return gold, cosine
+
+
+def sts_pair_record(tasks: list, predictions: dict[str, Path]) -> dict:
+    """Every model's per-pair cosine on every STS task, beside the gold scores: ``data/sts_pairs.json``.
+
+    Self-contained, so that stage 11 and the claims table can pair models of different run folders
+    (the same seeded samples give the same gold lists, which :func:`pairable` checks)."""
+    sts = [t for t in tasks if is_sts(t)]
+    record: dict = {"tasks": {}, "models": {}}
+    for label, folder in predictions.items():
+        for t in sts:
+            gold, cosine = sts_pairs(t, folder)
+            record["tasks"][t.metadata.name] = {"gold": gold, "revision": t.metadata.dataset["revision"]}
+            record["models"].setdefault(label, {})[t.metadata.name] = [round(float(c), 7) for c in cosine]
+    return record
+
+
+def model_pairs(record: dict, label: str) -> dict[str, tuple[list[float], list[float]]]:
+    """{task: (gold, cosine)} of one model of a :func:`sts_pair_record`."""
+    return {t: (record["tasks"][t]["gold"], cos) for t, cos in record["models"][label].items()}
+
+
+def pairable(a: dict, b: dict) -> bool:
+    """Whether two records scored the same pairs (same tasks, data revisions and gold lists)."""
+    return a["tasks"] == b["tasks"]
+
+
+def sts_intervals(record: dict, reference: str | None, seed: int = 0) -> list[dict]:
+    """Bootstrap intervals (speed_utils.stats) of every model's STS scores, per task and for the
+    average over the STS tasks, and of each model's average minus the ``reference`` model's on the
+    same resampled pairs (the paired bootstrap)."""
+    from .stats import average_interval, paired_interval, spearman_interval
+
+    rows = []
+    for label in record["models"]:
+        by_task = model_pairs(record, label)
+        for name, (gold, cos) in by_task.items():
+            rows.append({"label": label, "task": name, **spearman_interval(gold, cos, seed=seed).scaled(100).to_dict()})
+        rows.append({"label": label, "task": STS_AVERAGE, **average_interval(by_task, seed=seed).scaled(100).to_dict()})
+        if reference in record["models"] and label != reference:
+            ref = model_pairs(record, reference)
+            both = {n: (g, ref[n][1], cos) for n, (g, cos) in by_task.items()}
+            rows.append({"label": label, "task": f"{STS_AVERAGE} - {reference}",
+                         **paired_interval(both, seed=seed).scaled(100).to_dict()})
+    return rows
+
+
+STS_AVERAGE = "STS average"
 
 
 def settings(encoder: InstructedEncoder, path: str, batch_size: int, extra: dict | None = None) -> dict:
@@ -343,9 +417,28 @@ def revision(cfg, c: Candidate, run) -> str:
     return f"{cfg.name}-{digest}"
 
 
+def untrained_record(cfg, run, out_dir: Path) -> dict | None:
+    """The untrained embedder's :func:`sts_pair_record` on the samples of ``cfg`` (a sweep point's
+    settings), its mteb results cached in ``out_dir``: the untrained row of stage 11's sweeps, scored
+    once for every sweep that shares the evaluation settings. None where the embedder is no causal LM."""
+    label = f"{cfg.models.embedder} untrained"
+    c = next((c for c in candidates(cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"compare": True})}),
+                                    run) if c.label == label), None)
+    if c is None:
+        return None
+    tasks = [t for t in tasks_for(cfg, cfg.use_hub())[0] if is_sts(t)]
+    rev = revision(cfg, c, run)
+    predictions = Path(out_dir) / "results" / c.mteb_name.replace("/", "__") / rev / "predictions"
+    enc = InstructedEncoder(load_candidate(c, cfg.embedder.max_length), c.mteb_name, rev, c.use_instructions,
+                            cfg.evaluate.batch_size)
+    evaluate_model(enc, tasks, Path(out_dir), cfg.evaluate.batch_size, predictions)
+    return sts_pair_record(tasks, {label: predictions})
+
+
 def evaluate_stage(cfg, run) -> dict:
     """Stage 08: every candidate on every task; mteb JSON under ``mteb/``, a score table in
-    ``data/scores.jsonl`` whose rows name the mteb folder they came from."""
+    ``data/scores.jsonl`` whose rows name the mteb folder they came from, every model's per-pair STS
+    similarities in ``data/sts_pairs.json``, and their bootstrap intervals in ``data/score_intervals.jsonl``."""
     from .runs import atomic_write_json, write_jsonl
 
     e = cfg.evaluate
@@ -353,21 +446,29 @@ def evaluate_stage(cfg, run) -> dict:
     if not tasks:
         raise ValueError("no evaluation task: set evaluate.local_tasks_dir, evaluate.proxy_tasks, or "
                          "evaluate.tasks/benchmark with the Hub reachable")
-    rows = []
-    for c in candidates(cfg, run):
+    rows, predictions, models = [], {}, candidates(cfg, run)
+    for c in models:
         print(f"evaluating {c.label} on {len(tasks)} tasks", flush=True)
         rev = revision(cfg, c, run)
+        folder = run.mteb / "results" / c.mteb_name.replace("/", "__") / rev
         enc = InstructedEncoder(load_candidate(c, cfg.embedder.max_length), c.mteb_name, rev,
                                 c.use_instructions, e.batch_size)
-        scores = evaluate_model(enc, tasks, run.mteb, e.batch_size)
-        folder = run.mteb / "results" / c.mteb_name.replace("/", "__") / rev
+        predictions[c.label] = folder / "predictions"
+        scores = evaluate_model(enc, tasks, run.mteb, e.batch_size, predictions[c.label])
         atomic_write_json(folder / "settings.json", settings(enc, c.path, e.batch_size, {"label": c.label}))
         rows += [{**r, "label": c.label, "instructions": c.use_instructions,
                   "results": str(folder.relative_to(run.root))} for r in scores]
     write_jsonl(run.data / "scores.jsonl", rows)
-    return {"tasks": [t.metadata.name for t in tasks], "models": [c.label for c in candidates(cfg, run)],
-            "skipped": skipped, "scores": {f"{r['label']} | {r['task']}": r["score"] for r in rows}}
+    record = sts_pair_record(tasks, predictions)
+    atomic_write_json(run.data / "sts_pairs.json", record)
+    intervals = sts_intervals(record, reference=models[0].label if len(models) > 1 else None, seed=cfg.run.seed)
+    write_jsonl(run.data / "score_intervals.jsonl", intervals)
+    return {"tasks": [t.metadata.name for t in tasks], "models": [c.label for c in models],
+            "skipped": skipped, "scores": {f"{r['label']} | {r['task']}": r["score"] for r in rows},
+            "sts_average": {r["label"]: [r["value"], r["lo"], r["hi"]] for r in intervals if r["task"] == STS_AVERAGE},
+            f"sts_average_minus_{models[0].label}": {r["label"]: [r["value"], r["lo"], r["hi"]] for r in intervals
+                                                     if r["task"].startswith(f"{STS_AVERAGE} - ")}}
 
 
-__all__ = ["InstructedEncoder", "file_task", "tasks_for", "evaluate_model", "instruction_for", "NOTES", "LOCAL",
+__all__ = ["InstructedEncoder", "file_task", "tasks_for", "evaluate_model", "sts_intervals", "sts_pair_record", "instruction_for", "NOTES", "LOCAL",
            "PROXY"]

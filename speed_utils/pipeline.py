@@ -75,12 +75,12 @@ STAGES: dict[int, Stage] = {s.number: s for s in [
     Stage(8, "evaluate", "08_evaluate.ipynb",
           ("run.seed", "models.embedder", "models.baseline_embedder", "embedder.max_length", "evaluate"),
           inputs=("models/embedder",),
-          optional_inputs=("models/baseline",), outputs=("mteb", "data/scores.jsonl")),
+          optional_inputs=("models/baseline",), outputs=("mteb", "data/scores.jsonl", "data/sts_pairs.json", "data/score_intervals.jsonl")),
     Stage(9, "results", "09_results.ipynb", ("evaluate",), inputs=("mteb", "data/scores.jsonl"),
           outputs=("data/results.json",)),
     Stage(10, "cost", "10_cost.ipynb", ("teacher.backend", "teacher.model"), optional_inputs=("ledger.jsonl",),
           outputs=("data/cost.json",)),
-    Stage(11, "scaling", "11_scaling.ipynb", ("sweeps",), inputs=("data/scores.jsonl",), outputs=("data/sweeps.json",),
+    Stage(11, "scaling", "11_scaling.ipynb", ("sweeps",), inputs=("data/scores.jsonl",), outputs=("data/sweeps.json", "data/claims.json"),
           config_files=lambda cfg: [resolve_path(p) for p in (cfg.sweeps.ablation, cfg.sweeps.scaling) if p]),
 ]}
 PRODUCER = {out: s.number for s in STAGES.values() for out in s.outputs + s.optional_outputs}

@@ -247,13 +247,62 @@ def sweep_rows(summary: dict) -> list[dict]:
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         trained = json.loads((run / "stages" / "07.done.json").read_text())["metrics"]["embedder"]
         synth = json.loads((run / "stages" / "06.done.json").read_text())["metrics"]
-        scores = {r["task"]: r["score"] for r in read_jsonl(run / "data" / "scores.jsonl") if r["label"].endswith("+ our data")
-                  and not r["label"].startswith(str(cfg["models"].get("baseline_embedder")))}
-        out.append({"point": name, "generator": cfg["synthesis"]["generator"], "revised": cfg["synthesis"]["revise"],
+        label = trained_label(cfg)
+        scores = {r["task"]: r["score"] for r in read_jsonl(run / "data" / "scores.jsonl") if r["label"] == label}
+        out.append({"point": name, "run": str(run), "label": label,
+                    "generator": cfg["synthesis"]["generator"], "revised": cfg["synthesis"]["revise"],
                     "synthetic_kept": synth["kept"], "asked": cfg["embedder"].get("train_examples"),
                     "train_examples": trained["examples"],
                     "avg": round(mean(scores.values()), 2) if scores else None, "tasks": scores,
                     "adopted_stages": point["adopted"]})
+    return out
+
+
+def trained_label(cfg: dict) -> str:
+    """The label stage 08 gives the embedder trained on the run's data (evaluate.candidates)."""
+    return f"{cfg['models']['embedder']} + our data"
+
+
+def sweep_intervals(kind: str, rows: list[dict], seed: int = 0, untrained: dict | None = None) -> dict:
+    """Intervals of a sweep (issue 16): each point's STS average with its 95% bootstrap interval; each
+    point minus the first point (the ablation's senior+revisor) on the same resampled pairs; and for
+    the scaling sweep, the slope of the log-linear fit with its interval. ``untrained`` (a stage 08 pair
+    record of the untrained embedder on the same samples) adds its row and each point's gain over it.
+    Points whose stage 08 saved no per-pair record, or scored other pairs than the first, are ``skipped``."""
+    from .evaluate import model_pairs, pairable
+    from .stats import average_interval, paired_interval, slope_interval
+
+    records, skipped = {}, []
+    for r in rows:
+        f = Path(r["run"]) / "data" / "sts_pairs.json"
+        rec = json.loads(f.read_text()) if f.exists() else None
+        if rec is None or r["label"] not in rec["models"] or (records and not pairable(next(iter(records.values()))[0], rec)):
+            skipped.append(r["point"])
+            continue
+        records[r["point"]] = (rec, model_pairs(rec, r["label"]))
+    out: dict = {"points": {}, "minus_first": {}, "minus_untrained": {}, "skipped": skipped}
+    if not records:
+        return out
+    first = next(iter(records))
+    base = None
+    if untrained and pairable(records[first][0], untrained):
+        base = model_pairs(untrained, next(iter(untrained["models"])))
+        out["untrained"] = average_interval(base, seed=seed).scaled(100).to_dict()
+
+    def minus(pairs: dict, ref: dict) -> dict:
+        both = {t: (g, ref[t][1], cos) for t, (g, cos) in pairs.items()}
+        return paired_interval(both, seed=seed).scaled(100).to_dict()
+
+    for point, (_, pairs) in records.items():
+        out["points"][point] = average_interval(pairs, seed=seed).scaled(100).to_dict()
+        if point != first:
+            out["minus_first"][f"{point} - {first}"] = minus(pairs, records[first][1])
+        if base is not None:
+            out["minus_untrained"][f"{point} - untrained"] = minus(pairs, base)
+    sizes = {r["point"]: r["train_examples"] for r in rows if r["point"] in records}
+    if kind == "scaling" and len(set(sizes.values())) >= 2:
+        out["slope_per_decade"] = slope_interval(list(sizes.values()), [records[p][1] for p in sizes],
+                                                 seed=seed).scaled(100).to_dict()
     return out
 
 
@@ -284,5 +333,82 @@ def loglinear_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
-__all__ = ["sweep_rows", "size_warnings", "loglinear_fit", "run_summary", "read_result", "load_folder", "eng_v1_scores", "category_table", "table_row", "paper_rows", "deltas",
+
+# ---------------------------------------------------------------- the claims table (issue 16)
+def verdict(lo: float | None, hi: float | None, null: float = 0.0) -> str:
+    """"holds" where the whole interval lies above ``null``, "fails" where below, else "undecided"."""
+    if lo is None or hi is None:
+        return "not measured"
+    return "holds" if lo > null else "fails" if hi < null else "undecided"
+
+
+def _ci(d: dict | None, sign: int = 1) -> tuple[float | None, float | None, float | None]:
+    if not d:
+        return None, None, None
+    v, lo, hi = sign * d["value"], sign * d["lo"], sign * d["hi"]
+    return v, min(lo, hi), max(lo, hi)
+
+
+def claims(run, sweeps_intervals: dict | None = None) -> list[dict]:
+    """One row per claim of the paper measured by this run: its number, its 95% interval, and whether
+    it holds at this scale. Reads stage 05's quality check, stage 08's intervals, stage 10's cost and
+    stage 11's sweep intervals (``sweeps_intervals``, as ``sweep_intervals`` gives them per kind)."""
+    from .runs import read_jsonl
+
+    root = Path(run.root)
+    rows: list[dict] = []
+
+    def add(claim: str, paper_says: str, measure: str, value, lo=None, hi=None, holds: str | None = None, null=0.0):
+        rows.append({"claim": claim, "paper": paper_says, "measured as": measure,
+                     "value": None if value is None else round(value, 3),
+                     "ci95": None if lo is None else [round(lo, 3), round(hi, 3)],
+                     "holds here": holds or verdict(lo, hi, null)})
+
+    q = _marker(root, 5).get("quality", {}).get("senior_vs_junior", {})
+    lo, hi = (q.get("consistent_ci95") or [None, None]) if q.get("consistent_win_rate") is not None else (None, None)
+    add("DPO improves the generator", "§4.3: senior beats junior (Table 2: 63.2 vs 62.8 with the revisor)",
+        f"stage 05: teacher prefers the senior in both orders, share of {q.get('prompts_senior_both_orders', 0) + q.get('prompts_junior_both_orders', 0)} consistent prompts",
+        q.get("consistent_win_rate"), lo, hi, null=0.5)
+    ab = (sweeps_intervals or {}).get("ablation", {}).get("minus_first", {})
+    v, lo, hi = _ci(ab.get("junior+revisor - senior+revisor"), -1)
+    add("DPO improves the generator", "Table 2: senior+revisor 63.2 vs junior+revisor 62.8",
+        "stage 11: STS avg, senior+revisor minus junior+revisor (paired)", v, lo, hi)
+    v, lo, hi = _ci(ab.get("senior - senior+revisor"), -1)
+    add("The revisor improves the data", "Table 2: senior+revisor 63.2 vs senior 62.9",
+        "stage 11: STS avg, senior+revisor minus senior (paired)", v, lo, hi)
+    points = (sweeps_intervals or {}).get("ablation", {}).get("points", {})
+    order = [r["variant"] for r in paper()["table2_ablation"]["rows"]]
+    if all(p in points for p in order):
+        ours = sorted(order, key=lambda p: -points[p]["value"])
+        add("The ablation order of Table 2", " > ".join(order), "stage 11: points sorted by STS avg: " + " > ".join(ours),
+            None, holds="holds" if ours == order else "fails")
+    else:
+        add("The ablation order of Table 2", " > ".join(order), "stage 11 ablation", None)
+    v, lo, hi = _ci((sweeps_intervals or {}).get("scaling", {}).get("slope_per_decade"))
+    add("Log-linear scaling with data", "§4.4, Fig. 4: the score grows log-linearly",
+        "stage 11: slope of STS avg per tenfold data", v, lo, hi)
+    gain = [r for r in (read_jsonl(root / "data/score_intervals.jsonl") if (root / "data/score_intervals.jsonl").exists() else [])
+            if r["task"].startswith("STS average - ") and r["label"].endswith("+ our data")
+            and r["task"].endswith("untrained")]
+    v, lo, hi = _ci(gain[0] if gain else None)
+    add("Synthetic data trains the embedder", "Table 1: 63.4 after training on SPEED data",
+        "stage 08: STS avg, trained minus untrained (paired)", v, lo, hi)
+    cost = json.loads((root / "data/cost.json").read_text()) if (root / "data/cost.json").exists() else {}
+    ex = {r["pipeline"]: r for r in cost.get("extrapolation", {}).get("rows", [])}
+    speed = next((r for k, r in ex.items() if k.startswith("SPEED")), None)
+    e5 = next((r for k, r in ex.items() if "500,000" in k), None)
+    if speed and e5:
+        add("Under a tenth of the teacher calls of E5", "§4.5: 45K calls against 500K",
+            f"stage 10: calls at the paper's sizes ({speed['calls']:,} vs {e5['calls']:,}); dollars at this run's "
+            f"tokens per call: ${speed['usd']:,.0f} vs ${e5['usd']:,.0f} ({speed['usd'] / e5['usd']:.1%})",
+            speed["calls"] / e5["calls"], holds="holds" if speed["calls"] / e5["calls"] < 0.1 else "fails")
+    return rows
+
+
+def _marker(root: Path, stage: int) -> dict:
+    f = root / "stages" / f"{stage:02d}.done.json"
+    return json.loads(f.read_text()).get("metrics", {}) if f.exists() else {}
+
+
+__all__ = ["claims", "verdict", "sweep_rows", "sweep_intervals", "trained_label", "size_warnings", "loglinear_fit", "run_summary", "read_result", "load_folder", "eng_v1_scores", "category_table", "table_row", "paper_rows", "deltas",
            "describe_coverage", "local_groups", "paper", "TaskScore", "CATEGORIES"]

@@ -136,3 +136,33 @@ def test_minilm_reproduces_its_published_score_on_the_local_sts13(tmp_path):
     enc = evaluate.InstructedEncoder(model, "sentence-transformers/all-MiniLM-L6-v2", "local", False, 64)
     rows = evaluate.evaluate_model(enc, [evaluate.file_task("STS13", LOCAL)], tmp_path, 64)
     assert rows[0]["score"] == pytest.approx(published["scores"]["STS13"], abs=0.05)
+
+
+def test_sts_intervals_come_from_mtebs_saved_pairs(tmp_path):
+    """The point of each interval is mteb's own score, recomputed from the per-pair similarities mteb saved;
+    the same model against itself differs by exactly 0; results cached without pairs are evaluated again."""
+    tasks = [evaluate.file_task(n, LOCAL, limit=120, seed=2) for n in ("STS12", "SICK-R", "MSRParaphraseCorpus")]
+    folders, scores = {}, {}
+    for label in ("a", "b"):
+        enc = evaluate.InstructedEncoder(BagOfWords(), f"toy/{label}", "v0", False, 64)
+        folders[label] = tmp_path / label / "predictions"
+        scores[label] = {r["task"]: r["score"] for r in evaluate.evaluate_model(enc, tasks, tmp_path / label, 64,
+                                                                                  folders[label])}
+    record = evaluate.sts_pair_record(tasks, folders)
+    assert set(record["tasks"]) == {"STS12", "SICK-R"} and len(record["models"]["b"]["STS12"]) == 120
+    rows = {(r["label"], r["task"]): r for r in evaluate.sts_intervals(record, reference="a")}
+    for t in ("STS12", "SICK-R"):
+        got = rows[("a", t)]
+        assert got["value"] == pytest.approx(scores["a"][t], abs=0.01) and got["lo"] < got["value"] < got["hi"]
+    assert ("a", "MSRParaphraseCorpus") not in rows  # intervals for STS tasks only
+    avg = rows[("a", evaluate.STS_AVERAGE)]
+    assert avg["value"] == pytest.approx((scores["a"]["STS12"] + scores["a"]["SICK-R"]) / 2, abs=0.01)
+    same = rows[("b", f"{evaluate.STS_AVERAGE} - a")]
+    assert (same["value"], same["lo"], same["hi"]) == (0.0, 0.0, 0.0)
+
+    for f in folders["a"].iterdir():
+        f.unlink()
+    enc = evaluate.InstructedEncoder(BagOfWords(), "toy/a", "v0", False, 64)
+    evaluate.evaluate_model(enc, tasks, tmp_path / "a", 64, folders["a"])
+    assert {s for s, *_ in enc.seen} == {"STS12", "SICK-R"}  # cached MSRP untouched; the STS pairs recomputed
+    assert evaluate.prediction_file(folders["a"], tasks[0]).exists()

@@ -81,6 +81,13 @@ def test_smoke_run_synthesizes_trains_evaluates_and_reports(smoke_run):
                                            "all-minilm-l6-v2 (released)", "all-minilm-l6-v2 + our data"}
     assert {r["task"] for r in scores} == {"STS13", "SICK-R", "MSRParaphraseCorpus", "LeeDocSTS"}
     assert all(-100 <= r["score"] <= 100 for r in scores)  # Spearman of an untrained model can be negative
+    intervals = {(r["label"], r["task"]): r for r in read_jsonl(run / "data/score_intervals.jsonl")}
+    for r in scores:  # every STS score carries its bootstrap interval, around mteb's own score
+        if r["type"] == "STS":
+            ci = intervals[(r["label"], r["task"])]
+            assert ci["value"] == pytest.approx(r["score"], abs=0.01) and ci["lo"] <= ci["value"] <= ci["hi"]
+    gains = [r for (label, task), r in intervals.items() if task == "STS average - smollm2-135m-instruct untrained"]
+    assert len(gains) == 3 and all(r["lo"] <= r["value"] <= r["hi"] for r in gains)
     mteb_files = list((run / "mteb/results").rglob("STS13.json"))
     assert len(mteb_files) == 4 and all((f.parent / "settings.json").exists() for f in mteb_files)
     results = json.loads((run / "data/results.json").read_text())
@@ -105,6 +112,18 @@ def test_smoke_sweep_adopts_shared_stages(smoke_run):
         trained = json.loads((point_run / "stages/07.done.json").read_text())["metrics"]["embedder"]["examples"]
         available = len(list(read_jsonl(run / "data/synthetic.jsonl"))) + len(list(read_jsonl(run / "data/seed.jsonl")))
         assert trained == min(int(name.split("=")[1]), available)  # smoke trains on synthetic + seed data
+    ci = json.loads((run / "data/sweeps.json").read_text())["intervals"]["scaling"]
+    assert set(ci["points"]) == {"train_examples=3", "train_examples=6"} and ci["skipped"] == []
+    assert set(ci["minus_first"]) == {"train_examples=6 - train_examples=3"}
+    assert set(ci["minus_untrained"]) == {"train_examples=3 - untrained", "train_examples=6 - untrained"}
+    assert ci["untrained"]["lo"] <= ci["untrained"]["value"] <= ci["untrained"]["hi"]
+    slope = ci["slope_per_decade"]
+    assert slope["lo"] <= slope["value"] <= slope["hi"]
+    claims = {c["claim"] + " | " + c["measured as"][:8]: c for c in json.loads((run / "data/claims.json").read_text())}
+    assert {c["holds here"] for c in claims.values()} <= {"holds", "fails", "undecided", "not measured"}
+    trains = claims["Synthetic data trains the embedder | stage 08"]
+    assert trains["ci95"] and trains["holds here"] != "not measured"
+    assert claims["Log-linear scaling with data | stage 11"]["ci95"] == [slope["lo"], slope["hi"]]
 
 
 def test_a_point_another_sweep_already_ran_is_adopted_whole(smoke_run, tmp_path):

@@ -78,3 +78,11 @@ def test_sweep_sizes_that_break_the_comparison_are_named():
     collapsed = [row("n=100", 100, 100), row("n=200", 200, 180, kept=180), row("n=400", 400, 180, kept=180)]
     notes = results.size_warnings("scaling", collapsed)
     assert notes[-1] == "scaling points n=200, n=400 all trained on 180 examples" and len(notes) == 3
+
+
+def test_a_claim_holds_only_where_its_whole_interval_is_on_its_side():
+    from speed_utils.results import verdict
+
+    assert verdict(0.1, 2.0) == "holds" and verdict(-2.0, -0.1) == "fails" and verdict(-1.0, 1.0) == "undecided"
+    assert verdict(0.52, 0.9, null=0.5) == "holds" and verdict(0.3, 0.9, null=0.5) == "undecided"
+    assert verdict(None, None) == "not measured"

@@ -102,7 +102,7 @@ def test_wilson_interval():
 
 
 def test_pairwise_tally_separates_preference_from_position_bias():
-    from speed_utils.align import pairwise_tally
+    from speed_utils.align import pairwise_tally, wilson
 
     # p1: senior named best in both orders; p2: the judge always names the first output (pure position bias);
     # p3: junior best in both orders; p4: only one order parsed
@@ -112,6 +112,9 @@ def test_pairwise_tally_separates_preference_from_position_bias():
     assert (t["wins"], t["trials"], t["win_rate"]) == (4, 7, round(4 / 7, 3))
     assert t["first_named_best"] == round(5 / 7, 3)
     assert (t["prompts_senior_both_orders"], t["prompts_junior_both_orders"], t["prompts_split_by_order"]) == (1, 1, 1)
+    assert t["consistent_win_rate"] == 0.5 and t["consistent_ci95"] == [round(x, 3) for x in wilson(1, 2)]
+    position_only = pairwise_tally([(p, first, 0) for p in ("a", "b", "c") for first in (False, True)])
+    assert position_only["consistent_win_rate"] is None and position_only["prompts_split_by_order"] == 3
     assert pairwise_tally([])["win_rate"] is None
 
 
