@@ -123,7 +123,8 @@ def _eval_s(r: dict, tasks, limit: int | None, compare: bool, baseline: bool) ->
 
 def _sweeps_s(cfg: Config, r: dict) -> float:
     """Each point: its own junior passes, one embedder training and one evaluation; points that only
-    repeat the main run's settings (or another point's) are adopted and cost nothing."""
+    repeat the main run's settings (or another point's) are adopted and cost nothing; the untrained
+    embedder is evaluated once on the sweeps' samples."""
     from .pipeline import load_sweep
 
     g, total, seen = r["generator"], 0.0, set()
@@ -135,6 +136,10 @@ def _sweeps_s(cfg: Config, r: dict) -> float:
         common = spec.get("set") or {}
         emb, ev = common.get("embedder", {}), common.get("evaluate", {})
         tasks = ev.get("local_tasks", cfg.evaluate.local_tasks)
+        untrained = ("untrained", str(sorted(tasks)), ev.get("limit", cfg.evaluate.limit))
+        if untrained not in seen:  # the untrained embedder on the sweep's samples, once per evaluation setting
+            seen.add(untrained)
+            total += _eval_texts(tasks, ev.get("limit", cfg.evaluate.limit)) / r["encode"]["decoder_texts_s"]
         for point in spec["points"].values():
             syn = {**(point.get("synthesis") or {})}
             if syn.get("generator") == "junior":
