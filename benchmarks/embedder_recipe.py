@@ -102,7 +102,7 @@ def evaluate_all(st, data: dict, test: bool) -> dict:
 
 
 def run_candidate(candidate: dict, rows: list[dict], data: dict, test: bool) -> dict:
-    from speed_utils import embed
+    from speed_utils import embed, evaluate
     from speed_utils.config import EmbedderCfg, LoraCfg
 
     if candidate.get("untrained"):
@@ -118,11 +118,8 @@ def run_candidate(candidate: dict, rows: list[dict], data: dict, test: bool) -> 
     st = model(candidate)
     with tempfile.TemporaryDirectory() as d:
         res = embed.train(st, rows, Path(d) / "m", ec, name="smollm2-135m-instruct", lora=not candidate.get("full"))
-        trained = embed.encoder_embedder(str(Path(d) / "m"))
-        import torch
-
-        from speed_utils.precision import compute_dtype
-        trained = trained.to(compute_dtype()) if compute_dtype() != torch.float32 else trained
+        trained = evaluate.load_candidate(evaluate.Candidate("trained", "trained", str(Path(d) / "m"), "encoder", True),
+                                          ec.max_length)  # as stage 08 loads it
         scores = evaluate_all(trained, data, test)
     return {"candidate": candidate, **scores, "steps": res.steps, "train_seconds": res.train_seconds,
             "seconds": res.seconds, "final_loss": res.losses[-1][1] if res.losses else None, "dtype": res.dtype}

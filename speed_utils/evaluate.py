@@ -327,7 +327,7 @@ def sts_intervals(record: dict, reference: str | None, seed: int = 0) -> list[di
     """Bootstrap intervals (speed_utils.stats) of every model's STS scores, per task and for the
     average over the STS tasks, and of each model's average minus the ``reference`` model's on the
     same resampled pairs (the paired bootstrap)."""
-    from .stats import average_interval, paired_interval, spearman_interval
+    from .stats import average_interval, spearman_interval
 
     rows = []
     for label in record["models"]:
@@ -336,11 +336,18 @@ def sts_intervals(record: dict, reference: str | None, seed: int = 0) -> list[di
             rows.append({"label": label, "task": name, **spearman_interval(gold, cos, seed=seed).scaled(100).to_dict()})
         rows.append({"label": label, "task": STS_AVERAGE, **average_interval(by_task, seed=seed).scaled(100).to_dict()})
         if reference in record["models"] and label != reference:
-            ref = model_pairs(record, reference)
-            both = {n: (g, ref[n][1], cos) for n, (g, cos) in by_task.items()}
             rows.append({"label": label, "task": f"{STS_AVERAGE} - {reference}",
-                         **paired_interval(both, seed=seed).scaled(100).to_dict()})
+                         **paired_difference(by_task, model_pairs(record, reference), seed)})
     return rows
+
+
+def paired_difference(pairs: dict, reference: dict, seed: int = 0) -> dict:
+    """The STS average of ``pairs`` minus that of ``reference`` ({task: (gold, cosine)} on the same pairs),
+    ×100, with its paired bootstrap interval."""
+    from .stats import paired_interval
+
+    both = {t: (g, reference[t][1], cos) for t, (g, cos) in pairs.items()}
+    return paired_interval(both, seed=seed).scaled(100).to_dict()
 
 
 STS_AVERAGE = "STS average"
@@ -369,6 +376,26 @@ class Candidate:
     use_instructions: bool
 
 
+def trained_label(model: str) -> str:
+    """The table label of ``model`` trained on the run's synthetic data (stage 07)."""
+    return f"{model} + our data"
+
+
+def untrained_label(model: str) -> str:
+    return f"{model} untrained"
+
+
+def untrained_candidate(cfg) -> Candidate | None:
+    """The embedder base as it comes, with the trained model's last-token pooling; None unless a causal LM."""
+    from . import assets
+
+    emb = cfg.models.embedder
+    if assets.spec(emb).kind != "causal-lm":
+        return None
+    return Candidate(untrained_label(emb), f"speed-repro/{emb}-untrained", assets.hf_folder(emb, online=cfg.use_hub()),
+                     "decoder", True)
+
+
 def candidates(cfg, run) -> list[Candidate]:
     """The comparison of SPEED §4.2 in miniature: the embedder untrained and trained on our data,
     and, when the profile names one, the off-the-shelf baseline as released and fine-tuned."""
@@ -376,19 +403,15 @@ def candidates(cfg, run) -> list[Candidate]:
 
     online = cfg.use_hub()
     emb, base = cfg.models.embedder, cfg.models.baseline_embedder
-    out = []
-    trained = Candidate(f"{emb} + our data", f"speed-repro/{emb}-speed", str(run.models / "embedder"), "encoder", True)
+    trained = Candidate(trained_label(emb), f"speed-repro/{emb}-speed", str(run.models / "embedder"), "encoder", True)
     if not cfg.evaluate.compare:
         return [trained]
-    if assets.spec(emb).kind == "causal-lm":
-        out.append(Candidate(f"{emb} untrained", f"speed-repro/{emb}-untrained", assets.hf_folder(emb, online=online),
-                             "decoder", True))
-    out.append(trained)
+    out = [c for c in (untrained_candidate(cfg),) if c is not None] + [trained]
     if base:
         out.append(Candidate(f"{base} (released)", assets.spec(base).hf_id, assets.st_folder(base, online=online),
                              "encoder", False))
         if (run.models / "baseline").exists():
-            out.append(Candidate(f"{base} + our data", f"speed-repro/{base}-speed", str(run.models / "baseline"),
+            out.append(Candidate(trained_label(base), f"speed-repro/{base}-speed", str(run.models / "baseline"),
                                  "encoder", True))
     return out
 
@@ -421,9 +444,7 @@ def untrained_record(cfg, run, out_dir: Path) -> dict | None:
     """The untrained embedder's :func:`sts_pair_record` on the samples of ``cfg`` (a sweep point's
     settings), its mteb results cached in ``out_dir``: the untrained row of stage 11's sweeps, scored
     once for every sweep that shares the evaluation settings. None where the embedder is no causal LM."""
-    label = f"{cfg.models.embedder} untrained"
-    c = next((c for c in candidates(cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"compare": True})}),
-                                    run) if c.label == label), None)
+    c = untrained_candidate(cfg)
     if c is None:
         return None
     tasks = [t for t in tasks_for(cfg, cfg.use_hub())[0] if is_sts(t)]
@@ -432,7 +453,7 @@ def untrained_record(cfg, run, out_dir: Path) -> dict | None:
     enc = InstructedEncoder(load_candidate(c, cfg.embedder.max_length), c.mteb_name, rev, c.use_instructions,
                             cfg.evaluate.batch_size)
     evaluate_model(enc, tasks, Path(out_dir), cfg.evaluate.batch_size, predictions)
-    return sts_pair_record(tasks, {label: predictions})
+    return sts_pair_record(tasks, {c.label: predictions})
 
 
 def evaluate_stage(cfg, run) -> dict:

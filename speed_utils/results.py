@@ -239,6 +239,7 @@ def sweep_rows(summary: dict) -> list[dict]:
     """One row per sweep point: what it trained on and the trained embedder's scores.
 
     ``avg`` is the mean main score over the point's tasks (the same tasks for every point)."""
+    from .evaluate import trained_label
     from .runs import read_jsonl
 
     out = []
@@ -247,7 +248,7 @@ def sweep_rows(summary: dict) -> list[dict]:
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         trained = json.loads((run / "stages" / "07.done.json").read_text())["metrics"]["embedder"]
         synth = json.loads((run / "stages" / "06.done.json").read_text())["metrics"]
-        label = trained_label(cfg)
+        label = trained_label(cfg["models"]["embedder"])
         scores = {r["task"]: r["score"] for r in read_jsonl(run / "data" / "scores.jsonl") if r["label"] == label}
         out.append({"point": name, "run": str(run), "label": label,
                     "generator": cfg["synthesis"]["generator"], "revised": cfg["synthesis"]["revise"],
@@ -258,19 +259,14 @@ def sweep_rows(summary: dict) -> list[dict]:
     return out
 
 
-def trained_label(cfg: dict) -> str:
-    """The label stage 08 gives the embedder trained on the run's data (evaluate.candidates)."""
-    return f"{cfg['models']['embedder']} + our data"
-
-
 def sweep_intervals(kind: str, rows: list[dict], seed: int = 0, untrained: dict | None = None) -> dict:
     """Intervals of a sweep (issue 16): each point's STS average with its 95% bootstrap interval; each
     point minus the first point (the ablation's senior+revisor) on the same resampled pairs; and for
     the scaling sweep, the slope of the log-linear fit with its interval. ``untrained`` (a stage 08 pair
     record of the untrained embedder on the same samples) adds its row and each point's gain over it.
     Points whose stage 08 saved no per-pair record, or scored other pairs than the first, are ``skipped``."""
-    from .evaluate import model_pairs, pairable
-    from .stats import average_interval, paired_interval, slope_interval
+    from .evaluate import model_pairs, pairable, paired_difference
+    from .stats import average_interval, slope_interval
 
     records, skipped = {}, []
     for r in rows:
@@ -289,16 +285,12 @@ def sweep_intervals(kind: str, rows: list[dict], seed: int = 0, untrained: dict 
         base = model_pairs(untrained, next(iter(untrained["models"])))
         out["untrained"] = average_interval(base, seed=seed).scaled(100).to_dict()
 
-    def minus(pairs: dict, ref: dict) -> dict:
-        both = {t: (g, ref[t][1], cos) for t, (g, cos) in pairs.items()}
-        return paired_interval(both, seed=seed).scaled(100).to_dict()
-
     for point, (_, pairs) in records.items():
         out["points"][point] = average_interval(pairs, seed=seed).scaled(100).to_dict()
         if point != first:
-            out["minus_first"][f"{point} - {first}"] = minus(pairs, records[first][1])
+            out["minus_first"][f"{point} - {first}"] = paired_difference(pairs, records[first][1], seed)
         if base is not None:
-            out["minus_untrained"][f"{point} - untrained"] = minus(pairs, base)
+            out["minus_untrained"][f"{point} - untrained"] = paired_difference(pairs, base, seed)
     sizes = {r["point"]: r["train_examples"] for r in rows if r["point"] in records}
     if kind == "scaling" and len(set(sizes.values())) >= 2:
         out["slope_per_decade"] = slope_interval(list(sizes.values()), [records[p][1] for p in sizes],
@@ -353,6 +345,7 @@ def claims(run, sweeps_intervals: dict | None = None) -> list[dict]:
     """One row per claim of the paper measured by this run: its number, its 95% interval, and whether
     it holds at this scale. Reads stage 05's quality check, stage 08's intervals, stage 10's cost and
     stage 11's sweep intervals (``sweeps_intervals``, as ``sweep_intervals`` gives them per kind)."""
+    from .evaluate import STS_AVERAGE, trained_label, untrained_label
     from .runs import read_jsonl
 
     root = Path(run.root)
@@ -364,7 +357,7 @@ def claims(run, sweeps_intervals: dict | None = None) -> list[dict]:
                      "ci95": None if lo is None else [round(lo, 3), round(hi, 3)],
                      "holds here": holds or verdict(lo, hi, null)})
 
-    q = _marker(root, 5).get("quality", {}).get("senior_vs_junior", {})
+    q = _marker(run, 5).get("quality", {}).get("senior_vs_junior", {})
     lo, hi = (q.get("consistent_ci95") or [None, None]) if q.get("consistent_win_rate") is not None else (None, None)
     add("DPO improves the generator", "§4.3: senior beats junior (Table 2: 63.2 vs 62.8 with the revisor)",
         f"stage 05: teacher prefers the senior in both orders, share of {q.get('prompts_senior_both_orders', 0) + q.get('prompts_junior_both_orders', 0)} consistent prompts",
@@ -387,9 +380,10 @@ def claims(run, sweeps_intervals: dict | None = None) -> list[dict]:
     v, lo, hi = _ci((sweeps_intervals or {}).get("scaling", {}).get("slope_per_decade"))
     add("Log-linear scaling with data", "§4.4, Fig. 4: the score grows log-linearly",
         "stage 11: slope of STS avg per tenfold data", v, lo, hi)
-    gain = [r for r in (read_jsonl(root / "data/score_intervals.jsonl") if (root / "data/score_intervals.jsonl").exists() else [])
-            if r["task"].startswith("STS average - ") and r["label"].endswith("+ our data")
-            and r["task"].endswith("untrained")]
+    emb = (yaml.safe_load(run.config.read_text()) or {}).get("models", {}).get("embedder") if run.config.exists() else None
+    intervals = root / "data/score_intervals.jsonl"
+    gain = [r for r in (read_jsonl(intervals) if intervals.exists() else [])
+            if r["label"] == trained_label(emb) and r["task"] == f"{STS_AVERAGE} - {untrained_label(emb)}"]
     v, lo, hi = _ci(gain[0] if gain else None)
     add("Synthetic data trains the embedder", "Table 1: 63.4 after training on SPEED data",
         "stage 08: STS avg, trained minus untrained (paired)", v, lo, hi)
@@ -405,10 +399,10 @@ def claims(run, sweeps_intervals: dict | None = None) -> list[dict]:
     return rows
 
 
-def _marker(root: Path, stage: int) -> dict:
-    f = root / "stages" / f"{stage:02d}.done.json"
+def _marker(run, stage: int) -> dict:
+    f = run.marker(stage)
     return json.loads(f.read_text()).get("metrics", {}) if f.exists() else {}
 
 
-__all__ = ["claims", "verdict", "sweep_rows", "sweep_intervals", "trained_label", "size_warnings", "loglinear_fit", "run_summary", "read_result", "load_folder", "eng_v1_scores", "category_table", "table_row", "paper_rows", "deltas",
+__all__ = ["claims", "verdict", "sweep_rows", "sweep_intervals", "size_warnings", "loglinear_fit", "run_summary", "read_result", "load_folder", "eng_v1_scores", "category_table", "table_row", "paper_rows", "deltas",
            "describe_coverage", "local_groups", "paper", "TaskScore", "CATEGORIES"]
