@@ -11,7 +11,7 @@ SHELL   := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 QUIET   := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: setup run smoke test test-fast validate bench stress clean-venv
+.PHONY: setup gpu-setup vllm-env run smoke study test test-fast validate bench stress gpu-check clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,12 +23,32 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
+## on a CUDA machine: the GPU extra (bitsandbytes, DeepSpeed) beside the main environment, and vLLM in
+## its own (.venv-vllm: vLLM pins another torch); generation reaches it in a child process
+gpu-setup: setup vllm-env
+	$(PIP) install -r requirements-gpu.txt $(QUIET)
+
+vllm-env:
+	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/python -m pip --disable-pip-version-check -q install -r requirements-vllm.txt $(QUIET)
+
+## on a GPU machine: the `gpu` tests and a tiny end-to-end run, with a pass/fail table (under 8 minutes)
+gpu-check: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu_check.py
+
 ## run the default profile end to end (stages 00-11, about an hour on 2 cores); PROFILE=smoke for a quick look
 run: setup
 	$(BIN)/speed-repro run --profile $(PROFILE)
 
 smoke: setup
 	$(BIN)/speed-repro run --profile smoke
+
+## issue 16's study (params/study.yaml, about 80 min after `make run`): the larger ablation and a scaling curve
+## over 1.5 decades; stages 00-10 are adopted from results/runs/cpu where it exists (else run first, +1 h).
+## Its tables and figures land in results/reference/study/. A rerun resumes where it stopped.
+study: setup
+	$(BIN)/speed-repro run --profile study $(if $(wildcard results/runs/cpu/config.yaml),--donor results/runs/cpu)
+	$(BIN)/speed-repro snapshot results/runs/study results/reference/study
 
 ## the whole test suite (unit tests, real llama.cpp server, real papermill runs on the smoke profile)
 test: setup
@@ -47,7 +67,7 @@ stress: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/stress.py
 
 validate: setup
-	$(BIN)/speed-repro validate
+	$(BIN)/speed-repro validate --schema-only
 
 clean-venv:
 	rm -rf $(VENV)

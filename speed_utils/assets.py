@@ -168,17 +168,25 @@ def cache_dir() -> Path:
     return Path(root) / "models"
 
 
+def hub_endpoint() -> str:
+    """The Hub that huggingface_hub talks to: ``$HF_ENDPOINT`` (a mirror) or huggingface.co."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
 def hub_reachable(timeout: float = 2.0) -> bool:
-    """True unless ``HF_HUB_OFFLINE`` is set or huggingface.co cannot be reached."""
+    """True unless ``HF_HUB_OFFLINE`` is set or the Hub (:func:`hub_endpoint`) cannot be reached."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
-    return _probe_hub(timeout)
+    return _probe_hub(hub_endpoint(), timeout)
 
 
-@functools.lru_cache(maxsize=1)
-def _probe_hub(timeout: float) -> bool:
+@functools.lru_cache(maxsize=4)
+def _probe_hub(endpoint: str, timeout: float) -> bool:
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
     try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
             return True
     except OSError:
         return False

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import Config, resolve_path
+from .config import Config, lineage, resolve_path
 
 # texts encoded per task at full size: per-task seconds of the reference cpu run's stage 08 at its
 # measured 30 texts/s (STS12 162 s, STS13 70, STS14 185, STS15 222, SICK-R 202, Banking77 209;
@@ -36,10 +36,12 @@ class StageEstimate:
 
 
 def rates_for(cfg: Config) -> dict:
-    """The profile's rates file, else the cpu machine's (marked so: its times do not fit a GPU)."""
-    path = resolve_path(f"params/rates-{cfg.name}.yaml")
-    if path.is_file():
-        return yaml.safe_load(Path(path).read_text())
+    """The rates file of the profile or of the nearest profile it extends (``study`` runs on the cpu
+    machine), else the cpu machine's, marked so: its times do not fit a GPU."""
+    for name in lineage(cfg.name):
+        path = resolve_path(f"params/rates-{name}.yaml")
+        if path.is_file():
+            return yaml.safe_load(Path(path).read_text())
     rates = yaml.safe_load(resolve_path("params/rates-cpu.yaml").read_text())
     return {**rates, "machine": f"{rates['machine']} (no params/rates-{cfg.name}.yaml: the cpu machine's rates, "
                                 f"not this profile's hardware)"}
@@ -127,7 +129,9 @@ def _sweeps_s(cfg: Config, r: dict) -> float:
     embedder is evaluated once on the sweeps' samples."""
     from .pipeline import load_sweep
 
-    g, total, seen = r["generator"], 0.0, set()
+    g, total = r["generator"], 0.0
+    main = cfg.synthesis
+    seen = {("senior", main.n_examples, "writer")} | ({("senior", main.n_examples, "revisor")} if main.revise else set())
     for key in ("ablation", "scaling"):
         path = getattr(cfg.sweeps, key)
         if not path:
@@ -141,13 +145,12 @@ def _sweeps_s(cfg: Config, r: dict) -> float:
             seen.add(untrained)
             total += _eval_texts(tasks, ev.get("limit", cfg.evaluate.limit)) / r["encode"]["decoder_texts_s"]
         for point in spec["points"].values():
-            syn = {**(point.get("synthesis") or {})}
-            if syn.get("generator") == "junior":
-                n = syn.get("n_examples", cfg.synthesis.n_examples)
-                passes = {("writer", n)} | ({("revisor", n)} if syn.get("revise", True) else set())
-                for p in passes - seen:
-                    total += _gen_s(g, n, p[0])
-                seen |= passes
+            syn = {**(common.get("synthesis") or {}), **(point.get("synthesis") or {})}
+            who, n = syn.get("generator", main.generator), syn.get("n_examples", main.n_examples)
+            passes = {(who, n, "writer")} | ({(who, n, "revisor")} if syn.get("revise", main.revise) else set())
+            for p in passes - seen:  # a generation pass no run or earlier point made
+                total += _gen_s(g, n, p[2])
+            seen |= passes
             rows = (point.get("embedder") or {}).get("train_examples", emb.get("train_examples"))
             rows = rows or int(0.93 * cfg.synthesis.n_examples)
             sig = ("point", rows, str(sorted(syn.items())))

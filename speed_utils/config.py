@@ -454,6 +454,12 @@ def key_owner(profile: str | Path, loc: tuple[str, ...]) -> Path:
     return _owner(_chain(profile_path(profile)), loc)
 
 
+def lineage(profile: str | Path) -> list[str]:
+    """The names of a profile and its ``extends`` ancestors, the profile first (``study`` -> study, cpu)."""
+    path = profile_path(profile)
+    return [p.stem for p, _ in reversed(_chain(path))] if path.is_file() else [Path(profile).stem]
+
+
 def load_run_config(path: Path) -> Config:
     """Load the resolved ``config.yaml`` a runner wrote into a run folder."""
     return _validate(_read(path), [(path, _read(path))])
@@ -483,4 +489,5 @@ def _validate(merged: dict, chain: list[tuple[Path, dict]]) -> Config:
 
 
 def list_profiles() -> list[str]:
-    return sorted(p.stem for p in PARAMS_DIR.glob("*.yaml") if not p.stem.startswith("prices"))
+    """The profiles in ``params/`` (not the price and machine-rate tables beside them)."""
+    return sorted(p.stem for p in PARAMS_DIR.glob("*.yaml") if not p.stem.startswith(("prices", "rates-")))

@@ -50,8 +50,8 @@ def assemble_models(cfg: Config) -> list[dict]:
     return rows
 
 
-def report(cfg: Config, run: RunPaths) -> dict:
-    """Write ``env.json`` and return it."""
+def report(cfg: Config, run: RunPaths, checks: list | None = None) -> dict:
+    """Write ``env.json`` (with the pre-flight ``checks`` that passed) and return it."""
     from .align import generation_engine
 
     env = {"profile": cfg.name, "versions": versions(), "hardware": hardware(),
@@ -60,6 +60,6 @@ def report(cfg: Config, run: RunPaths) -> dict:
            "teacher": {"backend": cfg.teacher.backend, "model": cfg.teacher.model,
                        "base_url": cfg.teacher.base_url, "structured_output": cfg.teacher.structured_output},
            "precision": {"dtype": dtype_name(), "cpu_bf16_flags": list(cpu_bf16_flags())},
-           "generation_engine": generation_engine(cfg)}
+           "generation_engine": generation_engine(cfg), "preflight": [vars(c) for c in checks or ()]}
     atomic_write_json(run.root / "env.json", env)
     return env

@@ -21,9 +21,11 @@ from typing import Callable, Sequence
 
 from .assets import AssetError
 from .config import Config, ConfigError, list_profiles, load_profile, profile_path, resolve_path
-from .runs import (LOCK_ENV, REPO_ROOT, RESULTS_DIR, RunLock, RunLocked, RunPaths, append_jsonl, atomic_write_json,
+from .runs import (LOCK_ENV, REPO_ROOT, RESULTS_DIR, RunLock, RunLocked, RunPaths, append_jsonl, atomic_write_bytes,
+                   atomic_write_json,
                    atomic_write_text, read_jsonl, read_manifest, remove, sha256_path, verify_files,
                    update_manifest, versions)
+from . import preflight
 from .train import record_path
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -51,7 +53,8 @@ class Stage:
 
 _TEACHER_KEYS = ("run.seed", "teacher.backend", "teacher.model", "teacher.structured_output")
 STAGES: dict[int, Stage] = {s.number: s for s in [
-    Stage(0, "environment", "00_environment.ipynb", ("models", "teacher.backend", "teacher.model"),
+    Stage(0, "environment", "00_environment.ipynb",
+          ("models", "teacher.backend", "teacher.model", "teacher.base_url", "teacher.api_key_env"),
           outputs=("env.json",)),
     Stage(1, "brainstorm", "01_brainstorm.ipynb", (*_TEACHER_KEYS, "brainstorm"),
           outputs=("data/tasks.jsonl", "data/brainstorm_rejects.jsonl")),
@@ -226,11 +229,17 @@ def _stage_files(notebooks_dir: Path) -> dict[int, Path]:
 
 def run(profile: str, run_id: str | None = None, start: int = 0, until: int | None = None,
         force: bool = False, notebooks_dir: Path = NOTEBOOKS_DIR, runs_dir: Path | None = None,
-        log=print) -> int:
-    """Execute the stage notebooks in order; return a process exit code (3: the run folder is in use)."""
+        log=print, donors: Sequence[Path] = ()) -> int:
+    """Execute the stage notebooks in order; return a process exit code (3: the run folder is in use).
+
+    ``donors``: finished runs whose stages this run adopts where config and inputs match
+    (:func:`adopt_run`), e.g. ``make study`` adopting stages 00-10 from the default cpu run."""
     cfg = load_profile(profile)  # validate before anything is created
     prof = profile_path(profile)
-    preflight(cfg, prof)
+    preflight.require(preflight.check(cfg, prof, network=False))  # the Hub and the endpoint: stage 00
+    for donor in map(RunPaths, map(Path, donors)):  # before the run folder is made
+        if not donor.config.exists():
+            raise StageError(f"--donor {donor.root}: not a run folder (no config.yaml)")
     run_paths = RunPaths.for_run(run_id or cfg.name, runs_dir).make()
     try:
         lock = RunLock(run_paths.root).acquire()
@@ -240,6 +249,8 @@ def run(profile: str, run_id: str | None = None, start: int = 0, until: int | No
     previous = os.environ.get(LOCK_ENV)
     try:
         os.environ[LOCK_ENV] = str(run_paths.root.resolve())  # the stage kernels inherit it
+        if donors and not force:
+            adopt_run(run_paths, cfg, [RunPaths(Path(d)) for d in donors], until if until is not None else max(STAGES), log)
         return _run_stages(cfg, prof, run_paths, start, until, force, notebooks_dir, log)
     finally:
         if previous is None:
@@ -247,25 +258,6 @@ def run(profile: str, run_id: str | None = None, start: int = 0, until: int | No
         else:
             os.environ[LOCK_ENV] = previous
         lock.release()
-
-
-def preflight(cfg: Config, prof: Path) -> None:
-    """Checks that need this machine, not just the file: QLoRA asked for without CUDA and bitsandbytes."""
-    import importlib.util
-
-    from .config import key_owner
-
-    wants = [k for k in ("junior", "senior", "revisor", "embedder") if getattr(cfg, k).qlora]
-    if not wants:
-        return
-    import torch
-
-    if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"):
-        return
-    missing = "CUDA" if not torch.cuda.is_available() else "bitsandbytes"
-    raise ConfigError("\n  ".join(
-        [f"this machine cannot run QLoRA (no {missing}); on the CPU, 4-bit training gives silently wrong gradients:"]
-        + [f"{key_owner(prof, (k, 'qlora'))}: {k}.qlora: set it to false to train plain LoRA here" for k in wants]))
 
 
 def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until: int | None, force: bool,
@@ -454,7 +446,7 @@ def plan_memory(profile: str, log=print) -> int:
         log(f"profile {cfg.name}: no model with a known architecture to plan")
         return 0
     log(f"profile {cfg.name}: estimated peak GPU memory per stage (GiB, incl. 1 GiB CUDA overhead); "
-        "a stage fits a GPU when the total is within 95% of it")
+        "a stage fits a GPU when the total is within 95% of it (vLLM: within its 85% share)")
     if cfg.distributed.accelerate_config and "deepspeed" in cfg.distributed.accelerate_config:
         log("  (per GPU without sharding: ZeRO-3 splits weights and optimizer state across the GPUs, so these are upper bounds)")
     cols = list(dict.fromkeys(c for r in rows for c in r if c not in GPUS))  # every row's columns, in order
@@ -491,6 +483,23 @@ def estimate(profile: str, log=print) -> int:
     log(f"\nwall time on {rates_for(cfg)['machine']} (rates: params/rates-*.yaml; measured per stage: logs/timings.jsonl)")
     log(table(wall_time(cfg)))
     return 0
+
+
+def validate(profiles: Sequence[str], schema_only: bool = False) -> int:
+    """Each profile's file (schema, keys, paths), then its pre-flight: what would stop a run of it here,
+    before any teacher call (:mod:`speed_utils.preflight`). Exit code 2 if anything fails."""
+    failed = 0
+    for name in profiles:
+        cfg = load_profile(name)
+        print(f"ok  {profile_path(name)}  (config hash {cfg.section_hash()})")
+        if schema_only:
+            continue
+        for c in preflight.check(cfg, profile_path(name)):
+            print(f"    {c.line()}")
+            failed += c.status == "fail"
+    if failed:
+        print(f"{failed} pre-flight check(s) failed: a run of that profile would stop (see above)", file=sys.stderr)
+    return 2 if failed else 0
 
 
 # ---------------------------------------------------------------- sweeps
@@ -567,6 +576,19 @@ def adopt_stages(run_paths: RunPaths, cfg: Config, donors: list[RunPaths], until
     return adopted
 
 
+def adopt_run(run_paths: RunPaths, cfg: Config, donors: list[RunPaths], until: int, log=print) -> list[int]:
+    """:func:`adopt_stages` for a whole run: the teacher ledger of the run that donated stage 01 comes
+    too (copied, as the record of the calls the adopted stages made), so stage 10's cost and the claims
+    table count them, and stage 10 itself can then be adopted."""
+    adopted = adopt_stages(run_paths, cfg, donors, until, log)
+    if 1 in adopted and not run_paths.ledger.exists():
+        source = RunPaths(Path(json.loads(run_paths.marker(1).read_text())["adopted_from"]))
+        if source.ledger.exists():
+            atomic_write_bytes(run_paths.ledger, source.ledger.read_bytes())
+            adopted += adopt_stages(run_paths, cfg, donors, until, log)  # stage 10 hashes the ledger
+    return sorted(set(adopted))
+
+
 def sweep(spec_path: str | Path, runs_dir: Path | None = None, donors: Sequence[Path] = (), log=print) -> dict:
     """Run every point of a sweep through the stage notebooks, reusing what points share.
 
@@ -637,8 +659,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--until", type=int, default=None, help="last stage number")
     r.add_argument("--force", action="store_true", help="rerun stages even when their markers match")
     r.add_argument("--runs-dir", type=Path, default=None, help="parent of run folders (default: results/runs)")
+    r.add_argument("--donor", type=Path, action="append", default=[],
+                   help="a finished run whose stages this run adopts where config and inputs match (repeatable)")
     v = sub.add_parser("validate", help="validate profiles without running anything")
     v.add_argument("profiles", nargs="*", help="profile names or paths (default: all in params/)")
+    v.add_argument("--schema-only", action="store_true",
+                   help="only the files; no pre-flight (Hub access, teacher endpoint, QLoRA and GPU memory)")
     s = sub.add_parser("status", help="show which stages of a run folder are done")
     s.add_argument("run_dir", type=Path)
     y = sub.add_parser("synthesize", help="make one shard of stage 06's chunks (merge: run stage 06)")
@@ -673,12 +699,9 @@ def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
         if a.cmd == "run":
-            return run(a.profile, a.run_id, a.start, a.until, a.force, runs_dir=a.runs_dir)
+            return run(a.profile, a.run_id, a.start, a.until, a.force, runs_dir=a.runs_dir, donors=a.donor)
         if a.cmd == "validate":
-            for name in a.profiles or list_profiles():
-                cfg = load_profile(name)
-                print(f"ok  {profile_path(name)}  (config hash {cfg.section_hash()})")
-            return 0
+            return validate(a.profiles or list_profiles(), schema_only=a.schema_only)
         if a.cmd == "status":
             return status(a.run_dir)
         if a.cmd == "verify":

@@ -19,15 +19,26 @@ def base_profile() -> dict:
     return yaml.safe_load(Path(load_profile.__globals__["PARAMS_DIR"], "cpu.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", ["smoke", "cpu", "gpu-24gb", "paper"])
+@pytest.mark.parametrize("name", ["smoke", "cpu", "gpu-24gb", "paper", "study", "gpu-smoke"])
 def test_every_profile_loads(name):
     cfg = load_profile(name)
     assert cfg.name == name
     assert len(cfg.section_hash()) == 16
 
 
+def test_the_study_changes_only_stage_11_of_the_cpu_run():
+    """`make study` adopts stages 00-10 from the default run: their config hashes must not move."""
+    from speed_utils.pipeline import STAGES
+
+    cpu, study = load_profile("cpu"), load_profile("study")
+    for n, stage in STAGES.items():
+        same = cpu.section_hash(*stage.config_keys) == study.section_hash(*stage.config_keys)
+        assert same == (n != 11), n
+
+
 def test_all_shipped_profiles_listed():
-    assert {"smoke", "cpu", "gpu-24gb", "paper"} <= set(list_profiles())
+    assert {"smoke", "cpu", "gpu-24gb", "paper", "study"} <= set(list_profiles())
+    assert not [n for n in list_profiles() if n.startswith(("rates-", "prices"))]  # tables, not profiles
 
 
 def test_paper_numbers_follow_the_paper():

@@ -144,6 +144,27 @@ def test_a_point_another_sweep_already_ran_is_adopted_whole(smoke_run, tmp_path)
     assert "running" not in proc.stdout and not fresh_calls(Path(point["run"]))
 
 
+def test_a_study_run_adopts_the_finished_run_and_runs_only_its_own_sweeps(smoke_run, tmp_path):
+    """`make study`'s shape: a profile that changes only the sweeps adopts stages 00-10 from a finished run
+    (stage 10 too: the ledger of the adopted teacher calls comes with them) and runs stage 11 alone."""
+    runs, run, _ = smoke_run
+    spec = yaml.safe_load((Path(pipeline.REPO_ROOT) / "params/sweeps/smoke-scaling.yaml").read_text())
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump({**spec, "name": "one", "grid": {"embedder.train_examples": [6]}}))
+    (tmp_path / "smoke-study.yaml").write_text(yaml.safe_dump(
+        {"extends": "smoke", "sweeps": {"ablation": None, "scaling": str(tmp_path / "one.yaml")}}))
+    proc = cli("run", "--profile", str(tmp_path / "smoke-study.yaml"), "--runs-dir", str(tmp_path / "runs"),
+               "--donor", str(run))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    study = tmp_path / "runs/smoke-study"
+    for n in range(11):
+        assert json.loads((study / f"stages/{n:02d}.done.json").read_text())["adopted_from"] == str(run), n
+    assert "adopted_from" not in json.loads((study / "stages/11.done.json").read_text())
+    assert (study / "ledger.jsonl").read_bytes() == (run / "ledger.jsonl").read_bytes()  # no call made or lost
+    assert list(json.loads((study / "data/sweeps.json").read_text())["sweeps"]["scaling"]["points"]) == ["train_examples=6"]
+    bad = cli("run", "--profile", "smoke", "--runs-dir", str(tmp_path / "none"), "--donor", str(tmp_path / "nowhere"))
+    assert bad.returncode == 1 and "nowhere: not a run folder" in bad.stderr and not (tmp_path / "none").exists()
+
+
 def test_synthesize_shard_cli_resumes_to_nothing_on_a_finished_run(smoke_run, tmp_path):
     runs, run, _ = smoke_run
     chunks = json.loads((run / "stages/06.done.json").read_text())["metrics"]

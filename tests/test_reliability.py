@@ -67,7 +67,10 @@ def test_generated_bad_params_name_the_file_and_the_key(case, tmp_path_factory):
     TALLIES["bad params files tried"][kind] += 1
 
 
-def test_qlora_without_cuda_fails_before_a_run_folder_exists(tmp_path):
+def test_qlora_without_cuda_fails_before_a_run_folder_exists(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # what this test is about, on any machine
     prof = tmp_path / "q.yaml"
     prof.write_text(yaml.safe_dump({"extends": "smoke", "junior": {"qlora": True}, "embedder": {"qlora": True}}))
     with pytest.raises(ConfigError) as e:

