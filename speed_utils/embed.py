@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .config import EmbedderCfg, LoraCfg
-from .precision import compute_dtype, dtype_name
+from .precision import amp_flags, compute_dtype, dtype_name, release_memory, trained_in
 from .runs import remove
 
 # E5-mistral's instruction for MS MARCO-style search, the default query prompt of a saved model.
@@ -58,12 +58,12 @@ def decoder_embedder(model_path: str, max_length: int, qlora: bool = False):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
-    from .train import cuda_available, quant_config
+    from .train import cuda_available, quant_config, quant_device_map
 
     q = quant_config(qlora)
     model_kwargs = {"dtype": compute_dtype()}  # bf16 where the GPU or CPU computes in it
     if q is not None:
-        model_kwargs.update(quantization_config=q, device_map={"": 0})
+        model_kwargs.update(quantization_config=q, device_map=quant_device_map())
     # text only: sentence-transformers would otherwise wrap each text in the model's chat template
     t = Transformer(model_path, max_seq_length=max_length, processor_kwargs={"padding_side": "left"},
                     model_kwargs=model_kwargs, modality_config=TEXT_ONLY, module_output_name="token_embeddings")
@@ -93,7 +93,8 @@ def add_lora(st, c: LoraCfg) -> int:
 
     backbone = st[0].model
     if getattr(st, "quantized", False):
-        backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=True)
+        backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=True,
+                                                   gradient_checkpointing_kwargs={"use_reentrant": False})
     st[0].model = get_peft_model(backbone, lora_config(c, task_type="FEATURE_EXTRACTION"))
     return sum(p.numel() for p in st.parameters() if p.requires_grad)
 
@@ -192,14 +193,13 @@ def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, s
     trainable = add_lora(st, ec.lora) if lora else sum(p.numel() for p in st.parameters() if p.requires_grad)
     loss, loss_name = contrastive_loss(st, ec)
     on_gpu = cuda_available()
-    bf16 = on_gpu or dtype_name() == "bf16"
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out_dir.with_name(out_dir.name + ".trainer")),
         per_device_train_batch_size=per_device_batch(ec, devices()),
         num_train_epochs=ec.epochs, learning_rate=lr or ec.lr, warmup_steps=warmup_steps(ec, len(rows), devices()),
         weight_decay=ec.weight_decay, lr_scheduler_type="linear", seed=seed, data_seed=seed,
         batch_sampler=BatchSamplers.NO_DUPLICATES, multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL,
-        bf16=bf16, fp16=False, use_cpu=not on_gpu, gradient_checkpointing=ec.gradient_checkpointing,
+        **amp_flags(on_gpu), use_cpu=not on_gpu, gradient_checkpointing=ec.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, save_strategy="no",
         report_to="none", dataloader_num_workers=0, disable_tqdm=True)
     trainer = SentenceTransformerTrainer(model=st, args=args, train_dataset=training_data(rows), loss=loss,
@@ -212,7 +212,7 @@ def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, s
                        seconds=round(time.monotonic() - t0, 1), train_seconds=round(train_seconds, 1),
                        examples=len(rows), trainable_params=trainable,
                        loss=loss_name, batch_size=ec.batch_size, mini_batch_size=ec.mini_batch_size, losses=losses,
-                       dtype="bf16" if bf16 else "fp32")
+                       dtype=trained_in(args))
 
 
 def load_for_training(name: str, max_length: int, qlora: bool, online: bool):
@@ -297,7 +297,7 @@ def save_trained(st, accelerator, out_dir: Path, lora: bool, lora_cfg: LoraCfg, 
     (a collective call under ZeRO-3: every process takes part) and the main process merges them into a
     fresh full-precision copy: merging into 4-bit or sharded weights would lose precision or weights.
     """
-    from .train import devices
+    from .train import cuda_available, devices
 
     several = devices() > 1
     if not lora or (not several and not getattr(st, "quantized", False)):
@@ -310,13 +310,16 @@ def save_trained(st, accelerator, out_dir: Path, lora: bool, lora_cfg: LoraCfg, 
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     full = accelerator.get_state_dict(st[0].model) if several else None
-    lora_state = get_peft_model_state_dict(st[0].model, state_dict=full)
+    lora_state = {k: v.to("cpu") for k, v in get_peft_model_state_dict(st[0].model, state_dict=full).items()}
     if accelerator.is_main_process:
         if rebuild is None:
             raise ValueError("a sharded or 4-bit embedder needs `rebuild` to merge its LoRA weights")
+        if not several and cuda_available():  # one copy on the GPU at a time: the trained one moves out first
+            st.to("cpu")
+            release_memory()
         fresh = rebuild()
         add_lora(fresh, lora_cfg)
-        set_peft_model_state_dict(fresh[0].model, {k: v.to("cpu") for k, v in lora_state.items()})
+        set_peft_model_state_dict(fresh[0].model, lora_state)
         merge_lora(fresh)
         save(fresh, out_dir)
     accelerator.wait_for_everyone()

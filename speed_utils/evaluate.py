@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from .embed import query_text
+from .precision import release_memory
 
 DATA = Path(__file__).resolve().parent / "data"
 ASYMMETRIC = ("Retrieval", "Reranking", "InstructionRetrieval")  # instruction on queries only
@@ -479,6 +480,8 @@ def evaluate_stage(cfg, run) -> dict:
         atomic_write_json(folder / "settings.json", settings(enc, c.path, e.batch_size, {"label": c.label}))
         rows += [{**r, "label": c.label, "instructions": c.use_instructions,
                   "results": str(folder.relative_to(run.root))} for r in scores]
+        del enc
+        release_memory()  # one model on the device at a time: two 7B models in bf16 do not fit 24 GB
     write_jsonl(run.data / "scores.jsonl", rows)
     record = sts_pair_record(tasks, predictions)
     atomic_write_json(run.data / "sts_pairs.json", record)

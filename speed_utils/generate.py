@@ -8,11 +8,11 @@ return texts in request order and write the same generation journal:
   to a GGUF LoRA (:mod:`speed_utils.gguf_lora`), served by :class:`~speed_utils.llama_server.LlamaServer`
   with parallel slots and continuous batching;
 * ``transformers`` (the fallback): batched ``generate`` with left padding, on any device;
-* ``vllm`` (where vLLM and CUDA are present): the adapter as a LoRA request.
+* ``vllm`` (where vLLM and CUDA are present): the adapter as a LoRA request, the engine in its own
+  process (:mod:`speed_utils.vllm_worker`), fed thousands of rows per call and journalled per batch.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -20,7 +20,6 @@ import json
 import sys
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from .runs import append_jsonl, read_jsonl, sha256_path
 
 
 JOURNAL_VERSION = 1  # bump when the sampling code changes what a batch's seed produces
+VLLM_CALL_ROWS = 4096  # rows per vLLM call: enough to keep a GPU's batch full, few enough to journal often
 
 
 def _journal(path: Path | None) -> dict[str, list[str]]:
@@ -65,21 +65,15 @@ class GenRequest:
 
 
 def backend_name(has_gguf: bool = False) -> str:
-    """On a GPU: "vllm" where it is installed, else "transformers". On a CPU: "llamacpp" if the base
-    has a GGUF, else "transformers"."""
+    """On a GPU: "vllm" where it is installed (here, or in ``.venv-vllm``: :mod:`speed_utils.vllm_worker`),
+    else "transformers". On a CPU: "llamacpp" if the base has a GGUF, else "transformers"."""
     import torch
 
     if torch.cuda.is_available():
-        return "vllm" if importlib.util.find_spec("vllm") else "transformers"
+        from .vllm_worker import available
+
+        return "vllm" if available() else "transformers"
     return "llamacpp" if has_gguf else "transformers"
-
-
-@functools.lru_cache(maxsize=2)
-def _vllm_engine(model_id: str, tensor_parallel: int):  # pragma: no cover - needs a GPU
-    """One vLLM engine per base model, shared by the generators that put different adapters on it."""
-    from vllm import LLM
-
-    return LLM(model=model_id, enable_lora=True, max_lora_rank=64, max_loras=2, tensor_parallel_size=tensor_parallel)
 
 
 class Generator:
@@ -88,7 +82,7 @@ class Generator:
     ``backend``: "llamacpp" (``gguf`` is the base's GGUF; ``parallel`` slots, ``slot_ctx`` tokens
     each), "transformers" (batched ``generate``, left padding; any device) or "vllm" (``tensor_parallel``
     GPUs per engine); None picks by :func:`backend_name`. All render prompts with the same chat
-    template (the HF tokenizer's), give every request the same seed and sampling settings
+    template (the one the adapter was trained with, :mod:`speed_utils.chat`), give every request the same seed and sampling settings
     (:meth:`requests`), and return texts in request order. The engines draw different random
     streams, so sampled texts differ between them, not their format. Use as a context manager,
     or call :meth:`close`, so a llama.cpp server stops with its generator.
@@ -97,20 +91,24 @@ class Generator:
     def __init__(self, model_id: str, adapter: str | None = None, batch_size: int = 8, backend: str | None = None,
                  tensor_parallel: int = 1, gguf: Path | None = None, parallel: int = 1, slot_ctx: int = 2048,
                  threads: int = 2, log_path: Path | None = None):
-        from transformers import AutoTokenizer
+        from .chat import load_tokenizer
 
         self.model_id, self.adapter, self.batch_size = model_id, adapter, batch_size
         self.backend = backend if backend not in (None, "auto") else backend_name(gguf is not None)
         self.tokens_out = 0
         self._count = threading.Lock()  # llama.cpp rows finish on worker threads
-        self.server = None
+        self.server = self.worker = None
         if adapter and not Path(adapter).is_dir():
             raise FileNotFoundError(f"adapter folder {adapter} does not exist")
-        self.tok = AutoTokenizer.from_pretrained(model_id, padding_side="left")
-        if self.tok.pad_token is None:
-            self.tok.pad_token = self.tok.eos_token
+        self.tok = load_tokenizer(model_id, adapter, padding_side="left")  # the adapter's training template
         if self.backend == "vllm":  # pragma: no cover - needs a GPU
-            self.llm = _vllm_engine(model_id, tensor_parallel)
+            from .vllm_worker import VllmWorker
+
+            from .precision import dtype_name
+
+            dtype = "float16" if dtype_name() == "fp16" else "bfloat16"  # a T4 has no bf16
+            self.worker = VllmWorker(model_id, tensor_parallel, dtype=dtype, log_path=log_path)  # close() frees the GPU
+            self.fingerprint = [JOURNAL_VERSION, "vllm", model_id, *self._adapter_id(), self.worker.python]
             return
         if self.backend == "llamacpp":
             self._start_server(gguf, parallel, slot_ctx, threads, log_path)
@@ -152,9 +150,13 @@ class Generator:
                                   loras=(lora,) if lora else ()).start()
 
     def close(self) -> None:
+        """Stop the llama.cpp server or the vLLM worker; a transformers model is freed with the generator."""
         if self.server is not None:
             self.server.stop()
             self.server = None
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
 
     def __enter__(self) -> "Generator":
         return self
@@ -163,8 +165,9 @@ class Generator:
         self.close()
 
     def chat_text(self, prompt: str) -> str:
-        return self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                            add_generation_prompt=True)
+        from .chat import user_turn
+
+        return user_turn(self.tok, prompt)
 
     def requests(self, reqs: Sequence[GenRequest]) -> list[dict]:
         """What every engine is asked, per request: the rendered prompt, n, sampling settings, seed."""
@@ -175,13 +178,11 @@ class Generator:
                  journal: Path | None = None) -> list[list[str]]:
         """``n`` completions per request, in request order.
 
-        ``journal`` (llamacpp and transformers; vLLM runs a stage's requests as one call): a JSONL
+        ``journal`` (every engine; vLLM answers up to :data:`VLLM_CALL_ROWS` rows a call): a JSONL
         file where each finished batch of rows is appended, keyed by its requests and
         :attr:`fingerprint`. A rerun after a kill takes finished batches from it and generates only
         the rest; a row's seed does not depend on what was done before, so the texts are the same.
         """
-        if self.backend == "vllm":  # pragma: no cover - needs a GPU
-            return self._generate_vllm(reqs)
         done = _journal(journal)
         out: list[list[tuple[int, str]]] = [[] for _ in reqs]
         # one row per (request, sample); only rows with the same sampling settings share a batch
@@ -213,6 +214,9 @@ class Generator:
         """(chunk id, texts) for each chunk in ``todo``, in order, as it finishes."""
         if self.backend == "llamacpp":
             yield from self._run_llamacpp(reqs, chunks, todo)
+            return
+        if self.backend == "vllm":  # pragma: no cover - needs a GPU
+            yield from self._run_vllm(reqs, chunks, todo)
             return
         for j in todo:
             yield j, self._batch([reqs[i] for i, _ in chunks[j]], [k for _, k in chunks[j]])
@@ -265,13 +269,24 @@ class Generator:
         self.tokens_out += int((new != self.tok.pad_token_id).sum())
         return self.tok.batch_decode(new, skip_special_tokens=True)
 
-    def _generate_vllm(self, reqs: Sequence[GenRequest]) -> list[list[str]]:  # pragma: no cover - needs a GPU
-        from vllm import SamplingParams
-        from vllm.lora.request import LoRARequest
+    def _run_vllm(self, reqs: Sequence[GenRequest], chunks: list[list[tuple[int, int]]],
+                  todo: list[int]) -> Iterator[tuple[int, list[str]]]:  # pragma: no cover - needs a GPU
+        """Up to :data:`VLLM_CALL_ROWS` rows per engine call (vLLM batches them continuously); each row is
+        one sample with its own seed, as on llama.cpp; the calls' chunks are yielded (and journalled) in order."""
+        from .vllm_worker import lora_request, vllm_inputs
 
-        lora = LoRARequest(self.adapter, zlib.crc32(self.adapter.encode()) % 10**6 + 1, self.adapter) if self.adapter else None
-        asked = self.requests(reqs)
-        params = [SamplingParams(**{k: v for k, v in a.items() if k != "prompt"}) for a in asked]
-        results = self.llm.generate([a["prompt"] for a in asked], params, lora_request=lora)
-        self.tokens_out += sum(len(o.token_ids) for res in results for o in res.outputs)
-        return [[o.text for o in res.outputs] for res in results]
+        calls, rows = [[]], 0
+        for j in todo:
+            if rows + len(chunks[j]) > VLLM_CALL_ROWS and calls[-1]:
+                calls.append([])
+                rows = 0
+            calls[-1].append(j)
+            rows += len(chunks[j])
+        for call in filter(None, calls):
+            asked = [{**self.requests([reqs[i]])[0], "n": 1, "seed": row_seed(reqs[i].seed, k)}
+                     for j in call for i, k in chunks[j]]
+            texts, tokens = self.worker.generate(*vllm_inputs(self.tok, asked), lora_request(self.adapter))
+            self.tokens_out += tokens
+            flat = iter(t[0] for t in texts)
+            for j in call:
+                yield j, [next(flat) for _ in chunks[j]]

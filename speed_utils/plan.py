@@ -9,7 +9,19 @@ Estimates, not measurements. They add up:
 * **activations** of the micro-batch: with gradient checkpointing, each layer's input (bf16) plus
   one layer recomputed at a time; without it, every layer's (Korthikanti et al. 2022, per layer
   ``s·b·h·(34 + 5·a·s/h)`` bytes), plus the fp32 logits the loss needs;
-* for inference (synthesis), the KV cache of the batch; and 1 GiB of CUDA context and allocator slack.
+* for inference, the KV cache; and 1 GiB of CUDA context and allocator slack.
+
+Every stage that puts a model on the GPU has a row, one model at a time (the package frees each before
+the next: vLLM in its own process, stage 08 one candidate after another, stage 07's merge after the
+trained model left the GPU):
+
+* **03-05 training** (LoRA or QLoRA, gradient checkpointing);
+* **04, 05, 06 sampling on vLLM**: the bf16 weights and the KV cache of at least one longest sequence
+  must fit in vLLM's share of the card (``gpu_memory_utilization``, 0.85 here), which vLLM fills
+  with more KV cache for throughput; the transformers fallback of 06 holds the KV cache of its batch;
+* **07 embedder training** on its GradCache mini-batch, and **07's merge** into a full-precision copy
+  (QLoRA: the LoRA weights go into bf16 weights, not into 4-bit ones);
+* **08 evaluation**: one bf16 model, no gradients, one layer's activations of an encoding batch.
 
 The numbers are meant to say "this fits on a 24 GB card with micro-batch 2" before renting one.
 """
@@ -20,7 +32,10 @@ from dataclasses import dataclass
 GIB = 1024 ** 3
 NF4_BITS = 4.127  # nf4 (4 bits) + fp8 block scales per 64 + fp32 scales per 256 blocks (double quantization)
 OVERHEAD_GIB = 1.0  # CUDA context, allocator fragmentation
-GPUS = {"T4 16GB": 16, "A10/L4 24GB": 24, "A100 40GB": 40, "A100 80GB": 80, "H100 80GB": 80}
+# memory in GiB as nvidia-smi reports it (MiB / 1024): a "24 GB" card has 22.5 GiB, not 24
+GPUS = {"T4 16GB": 15.0, "A10/L4 24GB": 22.5, "A100 40GB": 40.0, "A100 80GB": 80.0, "H100 80GB": 79.6}
+USABLE = 0.95  # of a card, for a process that allocates as it goes
+VLLM_SHARE = 0.85  # vLLM's gpu_memory_utilization (speed_utils.vllm_worker): what its engine may take
 
 
 @dataclass(frozen=True)
@@ -99,13 +114,17 @@ class StagePlan:
     micro_batch: int
     seq: int
     parts: dict  # name -> bytes
+    usable: float = USABLE  # the share of the card this stage may use
 
     @property
     def total_gib(self) -> float:
         return sum(self.parts.values()) / GIB + OVERHEAD_GIB
 
+    def fits_gib(self, card_gib: float) -> bool:
+        return self.total_gib <= card_gib * self.usable
+
     def fits(self) -> dict[str, bool]:
-        return {g: self.total_gib <= cap * 0.95 for g, cap in GPUS.items()}
+        return {g: self.fits_gib(cap) for g, cap in GPUS.items()}
 
 
 def _train(stage: str, model: str, tc, seq: int, checkpointing: bool, micro: int, pairs: int = 1,
@@ -118,26 +137,44 @@ def _train(stage: str, model: str, tc, seq: int, checkpointing: bool, micro: int
         "activations": activation_bytes(a, rows, seq, checkpointing, logits)})
 
 
+def _vllm(stage: str, model: str, seq: int) -> StagePlan:
+    """vLLM: bf16 weights and the KV cache of one longest sequence, within its share of the card."""
+    a = ARCH[model]
+    return StagePlan(stage, model, "bf16", 1, seq, {"weights": weights_bytes(a, "bf16"), "kv cache": kv_cache_bytes(a, 1, seq)},
+                     usable=VLLM_SHARE)
+
+
 def plan(cfg) -> list[StagePlan]:
-    """The GPU stages of a profile. Generators train with gradient checkpointing (on GPU, as
+    """Every GPU stage of a profile, in order. Generators train with gradient checkpointing (on GPU, as
     ``train.trainer_args`` sets it); the embedder as its profile says, on its GradCache mini-batch."""
     gen, emb = cfg.models.generator, cfg.models.embedder
     out = []
     if gen in ARCH:
-        out += [_train("03 junior SFT", gen, cfg.junior, cfg.junior.max_length, True, micro_batch(cfg.junior)),
-                _train("04 senior DPO", gen, cfg.senior, cfg.senior.max_length, True, micro_batch(cfg.senior), pairs=2),
-                _train("05 revisor SFT", gen, cfg.revisor, cfg.revisor.max_length, True, micro_batch(cfg.revisor))]
         a = ARCH[gen]
-        seq = cfg.synthesis.max_new_tokens + 1024  # prompt + completion
+        sample = 1024 + max(cfg.generation.max_new_tokens, cfg.synthesis.max_new_tokens)  # prompt + completion
+        revise = 2048 + (cfg.synthesis.revisor_max_new_tokens or cfg.synthesis.max_new_tokens + 200)  # task + original
         b = cfg.generation.batch_size
-        out.append(StagePlan("06 synthesis (HF generate)", gen, "bf16", b, seq,
-                             {"weights": weights_bytes(a, "bf16"), "kv cache": kv_cache_bytes(a, b, seq),
-                              "activations": b * a.vocab * 4}))
+        out += [_train("03 junior SFT", gen, cfg.junior, cfg.junior.max_length, True, micro_batch(cfg.junior)),
+                _vllm("04 junior sampling (vLLM)", gen, sample),
+                _train("04 senior DPO", gen, cfg.senior, cfg.senior.max_length, True, micro_batch(cfg.senior), pairs=2),
+                _train("05 revisor SFT", gen, cfg.revisor, cfg.revisor.max_length, True, micro_batch(cfg.revisor)),
+                _vllm("05 quality sampling (vLLM)", gen, revise),
+                _vllm("06 synthesis (vLLM)", gen, revise),
+                StagePlan("06 synthesis (transformers fallback)", gen, "bf16", b, sample,
+                          {"weights": weights_bytes(a, "bf16"), "kv cache": kv_cache_bytes(a, b, sample),
+                           "activations": b * a.vocab * 4})]
     if emb in ARCH:
-        ec = cfg.embedder
+        ec, a = cfg.embedder, ARCH[emb]
         mini = ec.mini_batch_size or ec.batch_size
         # GradCache embeds each column (queries, positives, negatives) in mini-batches of this size
         out.append(_train("07 embedder", emb, ec, ec.max_length, ec.gradient_checkpointing, mini, logits=False))
+        if ec.qlora:  # the LoRA weights merged into a fresh bf16 copy (embed.save_trained), fp32 LoRA beside it
+            out.append(StagePlan("07 merge (bf16 copy)", emb, "bf16", 0, 0,
+                                 {"weights": weights_bytes(a, "bf16"), "lora": a.lora_params(ec.lora.r) * 4}))
+        batch, seq = cfg.evaluate.batch_size, ec.max_length
+        out.append(StagePlan("08 evaluate (one model)", emb, "bf16", batch, seq,
+                             {"weights": weights_bytes(a, "bf16"),
+                              "activations": seq * batch * a.hidden * (34 + 5 * a.heads * seq / a.hidden)}))
     return out
 
 
@@ -157,4 +194,5 @@ def table(plans: list[StagePlan]) -> list[dict]:
     return rows
 
 
-__all__ = ["ARCH", "Arch", "plan", "table", "weights_bytes", "lora_bytes", "activation_bytes", "kv_cache_bytes", "GPUS"]
+__all__ = ["ARCH", "Arch", "plan", "table", "weights_bytes", "lora_bytes", "activation_bytes", "kv_cache_bytes", "GPUS",
+           "USABLE", "VLLM_SHARE"]

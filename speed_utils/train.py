@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from . import chat
 from .config import LoraCfg, TrainCfg
-from .precision import compute_dtype, dtype_name
+from .precision import amp_flags, compute_dtype, dtype_name, trained_in
 from .runs import atomic_write_json, sha256_path
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,17 @@ def has_bitsandbytes() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
-def quant_config(want_qlora: bool):
-    """A 4-bit nf4 config when QLoRA is asked for and possible, else None (plain LoRA)."""
-    if not (want_qlora and cuda_available() and has_bitsandbytes()):
+def quant_config(want_qlora: bool, allow_cpu: bool = False):
+    """A 4-bit nf4 config when QLoRA is asked for and possible, else None (plain LoRA).
+
+    ``allow_cpu``: for tests only. bitsandbytes 0.50 runs nf4 on the CPU, but a ``no_grad`` forward
+    before training makes every later LoRA gradient silently wrong there (toolchain.md §c)."""
+    if not (want_qlora and (cuda_available() or allow_cpu) and has_bitsandbytes()):
         return None
-    import torch
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+                              bnb_4bit_compute_dtype=compute_dtype())  # bf16, or fp16 on a card without bf16
 
 
 def lora_config(c: LoraCfg, task_type: str = "CAUSAL_LM"):
@@ -140,32 +143,38 @@ def trainer_args(tc: TrainCfg, out_dir: Path, seed: int, on_gpu: bool | None = N
     ``n_rows``: the training set's size, which sets the warm-up (:func:`warmup_steps`).
     """
     on_gpu = cuda_available() if on_gpu is None else on_gpu
-    bf16 = on_gpu or dtype_name() == "bf16"  # on a CPU only where it has bf16 matrix units
     micro, accum = batch_plan(tc.batch_size, devices(), tc.micro_batch_size, on_gpu)
     steps = math.ceil(math.ceil(n_rows / (micro * accum * devices())) * tc.epochs)
     return dict(output_dir=str(out_dir), learning_rate=tc.lr, per_device_train_batch_size=micro,
                 gradient_accumulation_steps=accum, num_train_epochs=tc.epochs, seed=seed,
-                bf16=bf16, fp16=False, gradient_checkpointing=on_gpu, use_cpu=not on_gpu,
+                **amp_flags(on_gpu), gradient_checkpointing=on_gpu, use_cpu=not on_gpu,
                 optim=optimizer(on_gpu), lr_scheduler_type="linear",
                 warmup_steps=warmup_steps(steps), logging_steps=1, save_strategy="no", report_to="none",
                 dataloader_num_workers=0, disable_tqdm=True, **extra)
 
 
-def load_causal_lm(model_id: str, qlora: bool):
+def quant_device_map() -> dict:
+    """Where a 4-bit model is loaded: the first GPU (bitsandbytes places it there), else the CPU."""
+    return {"": 0} if cuda_available() else {"": "cpu"}
+
+
+def load_causal_lm(model_id: str, qlora: bool, adapter: str | Path | None = None):
     """The base model (bf16 where the GPU or CPU computes in it, else fp32; 4-bit when QLoRA runs) and its
-    tokenizer. The LoRA weights peft adds stay fp32, so the optimizer updates full-precision numbers."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer, with the chat template of ``adapter`` where training continues one (:mod:`speed_utils.chat`).
+    The LoRA weights peft adds stay fp32, so the optimizer updates full-precision numbers."""
+    from transformers import AutoModelForCausalLM
+
+    from .chat import load_tokenizer
 
     q = quant_config(qlora)
-    kw = {"quantization_config": q, "device_map": {"": 0}} if q else {}
+    kw = {"quantization_config": q, "device_map": quant_device_map()} if q else {}
     model = AutoModelForCausalLM.from_pretrained(model_id, dtype=compute_dtype(), **kw)
-    tok = AutoTokenizer.from_pretrained(model_id)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    tok = load_tokenizer(model_id, adapter)
     if q is not None:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, tok, q is not None
 
 
@@ -223,13 +232,14 @@ def _finish(trainer, out_dir: Path, key: str, used_qlora: bool, t0: float, **ext
     state = acc.get_state_dict(trainer.model) if devices() > 1 else None
     if acc.is_main_process:
         trainer.model.save_pretrained(str(out_dir), selected_adapters=["default"], state_dict=state)
+        chat.record(trainer.processing_class, out_dir)  # generators render prompts as this training did
     acc.wait_for_everyone()
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     result = TrainResult(adapter=str(out_dir), path="qlora" if used_qlora else "lora",
                          steps=trainer.state.global_step, seconds=round(time.monotonic() - t0, 1),
                          trainable_params=trainable, losses=_losses(trainer), extra=extra,
                          optimizer=str(getattr(trainer.args.optim, "value", trainer.args.optim)),
-                         dtype="bf16" if trainer.args.bf16 else "fp32")
+                         dtype=trained_in(trainer.args))
     if acc.is_main_process:
         record_training(out_dir, key, result.to_dict())
     return result
@@ -281,7 +291,7 @@ def dpo(model_id: str, junior_adapter: str | Path, pairs: Sequence[dict], out_di
     if (done := _reused(out_dir, key)) is not None:
         return done
     t0 = time.monotonic()
-    base, tok, used_qlora = load_causal_lm(model_id, tc.qlora)
+    base, tok, used_qlora = load_causal_lm(model_id, tc.qlora, adapter=junior_adapter)
     model = PeftModel.from_pretrained(base, str(junior_adapter), is_trainable=True)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}],
                                "chosen": [{"role": "assistant", "content": p["chosen"]}],

@@ -105,3 +105,20 @@ class FakeTeacher:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# ---------------------------------------------------------------- a stand-in vLLM engine for the worker process
+def echo_engine(model_id, tensor_parallel, gpu_memory_utilization, max_lora_rank, dtype):
+    """Builds in the worker like vLLM's LLM would; fails like it does for a model it cannot load."""
+    if model_id == "no-such-model":
+        raise OSError("no-such-model is not a local folder or a Hub id")
+    return {"model": model_id}
+
+
+def echo_generate(engine, prompts, params, lora):
+    """One text per row: what the engine was asked, so the test sees the request the parent built."""
+    import os
+
+    texts = [[f"{engine['model']}|{len(p['prompt_token_ids'])}|{q['seed']}|{lora[1] if lora else 0}|{os.getpid()}"]
+             for p, q in zip(prompts, params)]
+    return texts, len(texts)

@@ -17,14 +17,27 @@ PAIRS = [{"instruction": "Given a question, retrieve passages that answer it", "
 
 def test_the_dtype_follows_the_hardware_unless_overridden(monkeypatch):
     monkeypatch.delenv("SPEED_REPRO_DTYPE", raising=False)
-    expected = "bf16" if (torch.cuda.is_available() and torch.cuda.is_bf16_supported()) or \
-        (not torch.cuda.is_available() and precision.cpu_bf16_flags()) else "fp32"
+    if torch.cuda.is_available():  # a T4 has no bf16 units: fp16 there
+        expected = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    else:
+        expected = "bf16" if precision.cpu_bf16_flags() else "fp32"
     assert precision.dtype_name() == expected
     monkeypatch.setenv("SPEED_REPRO_DTYPE", "fp32")
-    assert precision.compute_dtype() == torch.float32
-    assert precision.compute_dtype("bf16") == torch.bfloat16
+    assert precision.compute_dtype() == torch.float32 and precision.amp_flags(on_gpu=True) == {"bf16": False, "fp16": False}
+    assert precision.compute_dtype("bf16") == torch.bfloat16 and precision.compute_dtype("fp16") == torch.float16
     with pytest.raises(ValueError, match="SPEED_REPRO_DTYPE"):
-        precision.dtype_name("fp16")
+        precision.dtype_name("fp8")
+
+
+def test_a_gpu_without_bf16_trains_in_fp16(monkeypatch):
+    """A T4 (compute capability 7.5): torch reports bf16 "supported" by emulation; the trainer gets fp16."""
+    monkeypatch.delenv("SPEED_REPRO_DTYPE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert precision.dtype_name() == "fp16" and precision.compute_dtype() == torch.float16
+    assert precision.amp_flags(on_gpu=True) == {"bf16": False, "fp16": True}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100, L4
+    assert precision.amp_flags(on_gpu=True) == {"bf16": True, "fp16": False}
 
 
 def _in(dtype: str, monkeypatch, fn):
