@@ -31,8 +31,9 @@ gpu-setup: setup vllm-env
 vllm-env:
 	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
 	.venv-vllm/bin/python -m pip --disable-pip-version-check -q install -r requirements-vllm.txt $(QUIET)
+	.venv-vllm/bin/python -c "import vllm; print('vllm', vllm.__version__)" && touch .venv-vllm/.installed
 
-## on a GPU machine: the `gpu` tests and a tiny end-to-end run, with a pass/fail table (under 8 minutes)
+## on a GPU machine: the `gpu` tests and a tiny end-to-end run, with a pass/fail table (limits adding up to 7.5 minutes)
 gpu-check: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu_check.py
 

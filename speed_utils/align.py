@@ -19,7 +19,8 @@ from .config import Config
 from .generate import GenRequest, Generator
 from .prompts import Prompt, judge_prompt, revision_prompt
 from .runs import RunPaths, read_jsonl, write_jsonl
-from .schema import json_schema, parse_example, parse_json, parse_judgement, parse_revision, response_format
+from .schema import (generator_schema, json_schema, parse_example, parse_json, parse_judgement, parse_revision,
+                     response_format, revision_schema)
 from .teacher import Teacher
 from .teacher_data import ask_teacher, seed_prompts
 from .train import TrainResult, dpo, sft
@@ -35,11 +36,6 @@ def judge_schema(k: int) -> dict:
     index = {"type": "integer", "enum": list(range(k))}
     return {"type": "object", "required": ["reason", "best", "worst"], "additionalProperties": False,
             "properties": {"reason": {"type": "string", "maxLength": JUDGE_REASON_CHARS}, "best": index, "worst": index}}
-
-
-def revision_schema(task_type: str) -> dict:
-    return {"type": "object", "required": ["reason", "revision"], "additionalProperties": False,
-            "properties": {"reason": {"type": "string"}, "revision": json_schema(task_type)}}
 
 
 def base_model(cfg: Config) -> str:
@@ -93,7 +89,8 @@ def open_generator(cfg: Config, adapter, log: Path | None = None, base_override:
     gguf = assets.gguf_path(cfg.models.generator, online=cfg.use_hub()) if engine == "llamacpp" else None
     return Generator(base_override or base_model(cfg), str(adapter) if adapter else None, batch_size=g.batch_size,
                      backend=engine, tensor_parallel=g.tensor_parallel_size, gguf=gguf, parallel=g.parallel,
-                     slot_ctx=g.slot_ctx, threads=g.threads, log_path=log)
+                     slot_ctx=g.slot_ctx, threads=g.threads, log_path=log,
+                     max_lora_rank=max(cfg.junior.lora.r, cfg.senior.lora.r, cfg.revisor.lora.r))
 
 
 # ---------------------------------------------------------------- 04 senior
@@ -102,7 +99,8 @@ def sample(cfg: Config, adapter, prompts: list[Prompt], n: int, temperature: flo
     """``n`` samples per prompt from the base plus ``adapter``; finished batches go to ``journal``."""
     g = cfg.generation
     reqs = [GenRequest(p.text, n=n, temperature=temperature, top_p=cfg.senior.top_p, max_new_tokens=g.max_new_tokens,
-                       seed=cfg.run.seed + i) for i, p in enumerate(prompts)]
+                       seed=cfg.run.seed + i, json_schema=generator_schema(p.task_type, p.kind == "revise")
+                       if g.structured_output else None) for i, p in enumerate(prompts)]
     log = journal.parent.parent / "logs" / "llama-generator.log" if journal else None
     with open_generator(cfg, adapter, log) as gen:
         return gen.generate(reqs, desc=desc, journal=journal)

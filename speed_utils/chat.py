@@ -15,10 +15,13 @@ from .runs import atomic_write_text
 
 TEMPLATE_FILE = "chat_template.jinja"  # inside an adapter folder
 
-# ChatML's turn markers written as plain text (a base model's vocabulary has no special tokens for
-# them, and LLaMA-3 base's reserved header tokens have untrained embeddings), each turn closed by the
-# tokenizer's own end-of-sequence token, so that every engine stops where an assistant turn ends.
+# The tokenizer's BOS (LLaMA-3 base was pre-trained with <|begin_of_text|> first; the engines tokenize
+# the rendered text without adding special tokens, so it appears once), then ChatML's turn markers
+# written as plain text (a base model's vocabulary has no special tokens for them, and LLaMA-3 base's
+# reserved header tokens have untrained embeddings), each turn closed by the tokenizer's own
+# end-of-sequence token, so that every engine stops where an assistant turn ends.
 DEFAULT_TEMPLATE = (
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + eos_token + '\n' }}"
     "{% endfor %}"

@@ -178,6 +178,10 @@ class RevisorCfg(TrainCfg):
     batch_size: PositiveInt = 24
 
 
+# dotted key -> the default at which it is left out of stage hashes (see Config.section_hash)
+HASHED_ONLY_WHEN_SET = {"generation.structured_output": False}
+
+
 class GenerationCfg(Strict):
     """Local sampling from the generators (stages 04–06); SPEED samples at 1.0 / 1.0 (App. B)."""
 
@@ -191,6 +195,9 @@ class GenerationCfg(Strict):
     parallel: PositiveInt = 1
     slot_ctx: PositiveInt = 2048  # llama.cpp: context per slot (prompt + completion)
     threads: PositiveInt = 2  # llama.cpp: CPU threads
+    # constrain the generators' decoding with the per-type JSON schema (llama.cpp or vLLM). For the smoke
+    # profile's 135M generators only: SPEED measures format errors, so the real profiles sample freely
+    structured_output: bool = False
 
 
 class QualityCfg(Strict):
@@ -352,8 +359,17 @@ class Config(Strict):
         return data
 
     def section_hash(self, *keys: str) -> str:
-        """sha256 of the named sections or dotted keys (all when none), for stage done markers."""
+        """sha256 of the named sections or dotted keys (all when none), for stage done markers. Keys added
+        later with a default that keeps the old behaviour (:data:`HASHED_ONLY_WHEN_SET`) count only when set
+        otherwise, so adding them leaves finished runs valid."""
         dump = self.model_dump(mode="json")
+        for dotted, default in HASHED_ONLY_WHEN_SET.items():
+            *parents, leaf = dotted.split(".")
+            node = dump
+            for part in parents:
+                node = node[part]
+            if node.get(leaf) == default:
+                del node[leaf]
         picked = {}
         for key in keys or tuple(dump):
             node = dump

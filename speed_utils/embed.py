@@ -287,6 +287,7 @@ def train_stage(cfg, run) -> dict:
                                lr=lr, rebuild=rebuild).to_dict(), "lora": lora}
         record_training(run.models / folder, key, out[folder])
         del st
+        release_memory()
     return out
 
 

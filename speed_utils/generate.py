@@ -62,6 +62,7 @@ class GenRequest:
     top_p: float = 1.0
     max_new_tokens: int = 800
     seed: int = 0
+    json_schema: str | None = None  # JSON Schema text the decoding is constrained to (llama.cpp, vLLM)
 
 
 def backend_name(has_gguf: bool = False) -> str:
@@ -90,7 +91,7 @@ class Generator:
 
     def __init__(self, model_id: str, adapter: str | None = None, batch_size: int = 8, backend: str | None = None,
                  tensor_parallel: int = 1, gguf: Path | None = None, parallel: int = 1, slot_ctx: int = 2048,
-                 threads: int = 2, log_path: Path | None = None):
+                 threads: int = 2, log_path: Path | None = None, max_lora_rank: int = 64):
         from .chat import load_tokenizer
 
         self.model_id, self.adapter, self.batch_size = model_id, adapter, batch_size
@@ -107,8 +108,9 @@ class Generator:
             from .precision import dtype_name
 
             dtype = "float16" if dtype_name() == "fp16" else "bfloat16"  # a T4 has no bf16
-            self.worker = VllmWorker(model_id, tensor_parallel, dtype=dtype, log_path=log_path)  # close() frees the GPU
-            self.fingerprint = [JOURNAL_VERSION, "vllm", model_id, *self._adapter_id(), self.worker.python]
+            self.worker = VllmWorker(model_id, tensor_parallel, dtype=dtype, max_lora_rank=max_lora_rank,
+                                     log_path=log_path)  # its own process: close() frees the GPU
+            self.fingerprint = [JOURNAL_VERSION, "vllm", model_id, *self._adapter_id(), self.worker.python, dtype]
             return
         if self.backend == "llamacpp":
             self._start_server(gguf, parallel, slot_ctx, threads, log_path)
@@ -172,7 +174,8 @@ class Generator:
     def requests(self, reqs: Sequence[GenRequest]) -> list[dict]:
         """What every engine is asked, per request: the rendered prompt, n, sampling settings, seed."""
         return [{"prompt": self.chat_text(r.prompt), "n": r.n, "temperature": r.temperature, "top_p": r.top_p,
-                 "max_tokens": r.max_new_tokens, "seed": r.seed} for r in reqs]
+                 "max_tokens": r.max_new_tokens, "seed": r.seed, **({"json_schema": r.json_schema} if r.json_schema else {})}
+                for r in reqs]
 
     def generate(self, reqs: Sequence[GenRequest], desc: str = "generate",
                  journal: Path | None = None) -> list[list[str]]:
@@ -242,6 +245,8 @@ class Generator:
                 # no reuse of an earlier request's prompt cache: a row's text must not depend on what ran
                 # before it (a resumed stage starts with an empty cache)
                 "cache_prompt": False, "lora": [{"id": 0, "scale": 1.0}] if self.adapter else []}
+        if r.json_schema:
+            body["json_schema"] = json.loads(r.json_schema)
         res = self.server.complete(body)
         with self._count:
             self.tokens_out += int(res.get("tokens_predicted", 0))
@@ -255,6 +260,9 @@ class Generator:
         import torch
 
         first = reqs[0]
+        if any(r.json_schema for r in reqs):
+            raise ValueError("constrained decoding (generation.structured_output) runs on llama.cpp or vLLM; "
+                             "the transformers backend cannot constrain its sampling")
         enc = self.tok([self.chat_text(r.prompt) for r in reqs], return_tensors="pt", padding=True,
                        add_special_tokens=False).to(self.model.device)
         # a seed per batch from its first row: the same requests in the same order give the same texts

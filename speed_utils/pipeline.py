@@ -21,10 +21,9 @@ from typing import Callable, Sequence
 
 from .assets import AssetError
 from .config import Config, ConfigError, list_profiles, load_profile, profile_path, resolve_path
-from .runs import (LOCK_ENV, REPO_ROOT, RESULTS_DIR, RunLock, RunLocked, RunPaths, append_jsonl, atomic_write_bytes,
-                   atomic_write_json,
-                   atomic_write_text, read_jsonl, read_manifest, remove, sha256_path, verify_files,
-                   update_manifest, versions)
+from .runs import (LOCK_ENV, REPO_ROOT, RESULTS_DIR, RunLock, RunLocked, RunPaths, append_jsonl, atomic_write_json,
+                   atomic_write_text, read_jsonl, read_manifest, remove, sha256_path, update_manifest, verify_files,
+                   versions, write_jsonl)
 from . import preflight
 from .train import record_path
 
@@ -53,8 +52,7 @@ class Stage:
 
 _TEACHER_KEYS = ("run.seed", "teacher.backend", "teacher.model", "teacher.structured_output")
 STAGES: dict[int, Stage] = {s.number: s for s in [
-    Stage(0, "environment", "00_environment.ipynb",
-          ("models", "teacher.backend", "teacher.model", "teacher.base_url", "teacher.api_key_env"),
+    Stage(0, "environment", "00_environment.ipynb", ("models", "teacher.backend", "teacher.model"),
           outputs=("env.json",)),
     Stage(1, "brainstorm", "01_brainstorm.ipynb", (*_TEACHER_KEYS, "brainstorm"),
           outputs=("data/tasks.jsonl", "data/brainstorm_rejects.jsonl")),
@@ -577,14 +575,16 @@ def adopt_stages(run_paths: RunPaths, cfg: Config, donors: list[RunPaths], until
 
 
 def adopt_run(run_paths: RunPaths, cfg: Config, donors: list[RunPaths], until: int, log=print) -> list[int]:
-    """:func:`adopt_stages` for a whole run: the teacher ledger of the run that donated stage 01 comes
-    too (copied, as the record of the calls the adopted stages made), so stage 10's cost and the claims
-    table count them, and stage 10 itself can then be adopted."""
+    """:func:`adopt_stages` for a whole run. The teacher calls of the adopted stages come with them: a run
+    without a ledger gets the donor's ledger rows of those stages (so stage 10's cost and the claims table
+    count them, never a call made twice), and stage 10 itself can then be adopted when they are all of it."""
     adopted = adopt_stages(run_paths, cfg, donors, until, log)
-    if 1 in adopted and not run_paths.ledger.exists():
-        source = RunPaths(Path(json.loads(run_paths.marker(1).read_text())["adopted_from"]))
-        if source.ledger.exists():
-            atomic_write_bytes(run_paths.ledger, source.ledger.read_bytes())
+    if adopted and not run_paths.ledger.exists():
+        source = RunPaths(Path(json.loads(run_paths.marker(adopted[0]).read_text())["adopted_from"]))
+        names = {f"{n:02d}_{STAGES[n].name}" for n in adopted}
+        rows = [r for r in read_jsonl(source.ledger) if r.get("stage") in names] if source.ledger.exists() else []
+        if rows:
+            write_jsonl(run_paths.ledger, rows)
             adopted += adopt_stages(run_paths, cfg, donors, until, log)  # stage 10 hashes the ledger
     return sorted(set(adopted))
 

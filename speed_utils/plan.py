@@ -3,8 +3,9 @@
 Estimates, not measurements. They add up:
 
 * **weights** at their precision: bf16 (2 bytes/parameter) or nf4 with double quantization
-  (about 4.13 bits/parameter for the quantized linear layers; embeddings, LM head and norms stay
-  bf16, as bitsandbytes leaves them);
+  (about 4.13 bits/parameter for the quantized linear layers; embeddings, LM head and norms stay bf16,
+  as bitsandbytes leaves them), and for QLoRA training the 2 more bytes each of those take when peft's
+  ``prepare_model_for_kbit_training`` casts them to fp32;
 * **LoRA** parameters in fp32 with their gradients and AdamW's two moments (16 bytes each);
 * **activations** of the micro-batch: with gradient checkpointing, each layer's input (bf16) plus
   one layer recomputed at a time; without it, every layer's (Korthikanti et al. 2022, per layer
@@ -35,7 +36,8 @@ OVERHEAD_GIB = 1.0  # CUDA context, allocator fragmentation
 # memory in GiB as nvidia-smi reports it (MiB / 1024): a "24 GB" card has 22.5 GiB, not 24
 GPUS = {"T4 16GB": 15.0, "A10/L4 24GB": 22.5, "A100 40GB": 40.0, "A100 80GB": 80.0, "H100 80GB": 79.6}
 USABLE = 0.95  # of a card, for a process that allocates as it goes
-VLLM_SHARE = 0.85  # vLLM's gpu_memory_utilization (speed_utils.vllm_worker): what its engine may take
+VLLM_SHARE = 0.85  # vLLM's gpu_memory_utilization (speed_utils.vllm_worker.GPU_SHARE): what its engine may take
+VLLM_MAX_LEN = 4096  # vLLM's max_model_len (speed_utils.vllm_worker.MAX_MODEL_LEN): the KV cache it must hold at least
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ ARCH = {
 
 
 def weights_bytes(a: Arch, quant: str) -> float:
-    """bf16, or nf4 for the linear layers with the rest in bf16."""
+    """bf16, or nf4 for the linear layers with the rest in bf16 (as loaded)."""
     if quant == "nf4":
         linear = a.layers * a.linear_params_per_layer()
         return linear * NF4_BITS / 8 + (a.params() - linear) * 2
@@ -132,16 +134,20 @@ def _train(stage: str, model: str, tc, seq: int, checkpointing: bool, micro: int
     a = ARCH[model]
     quant = "nf4" if tc.qlora else "bf16"
     rows = micro * pairs  # DPO: chosen and rejected in one forward
+    parts = {"weights": weights_bytes(a, quant)}
+    if tc.qlora:  # prepare_model_for_kbit_training: the unquantized parameters in fp32
+        parts["fp32 casts"] = (a.params() - a.layers * a.linear_params_per_layer()) * 2
     return StagePlan(stage, model, quant, micro, seq, {
-        "weights": weights_bytes(a, quant), "lora + optimizer": lora_bytes(a, tc.lora.r),
-        "activations": activation_bytes(a, rows, seq, checkpointing, logits)})
+        **parts, "lora + optimizer": lora_bytes(a, tc.lora.r), "activations": activation_bytes(a, rows, seq, checkpointing, logits)})
 
 
-def _vllm(stage: str, model: str, seq: int) -> StagePlan:
-    """vLLM: bf16 weights and the KV cache of one longest sequence, within its share of the card."""
+def _vllm(stage: str, model: str, lora_rank: int) -> StagePlan:
+    """vLLM: bf16 weights, its two LoRA slots at the adapters' rank, and the KV cache of one sequence of
+    its maximum length, within its share of the card (it fills the rest with more KV cache)."""
     a = ARCH[model]
-    return StagePlan(stage, model, "bf16", 1, seq, {"weights": weights_bytes(a, "bf16"), "kv cache": kv_cache_bytes(a, 1, seq)},
-                     usable=VLLM_SHARE)
+    return StagePlan(stage, model, "bf16", 1, VLLM_MAX_LEN,
+                     {"weights": weights_bytes(a, "bf16"), "lora": 2 * a.lora_params(lora_rank) * 2,
+                      "kv cache": kv_cache_bytes(a, 1, VLLM_MAX_LEN)}, usable=VLLM_SHARE)
 
 
 def plan(cfg) -> list[StagePlan]:
@@ -152,14 +158,14 @@ def plan(cfg) -> list[StagePlan]:
     if gen in ARCH:
         a = ARCH[gen]
         sample = 1024 + max(cfg.generation.max_new_tokens, cfg.synthesis.max_new_tokens)  # prompt + completion
-        revise = 2048 + (cfg.synthesis.revisor_max_new_tokens or cfg.synthesis.max_new_tokens + 200)  # task + original
+        r = max(cfg.junior.lora.r, cfg.senior.lora.r, cfg.revisor.lora.r)
         b = cfg.generation.batch_size
         out += [_train("03 junior SFT", gen, cfg.junior, cfg.junior.max_length, True, micro_batch(cfg.junior)),
-                _vllm("04 junior sampling (vLLM)", gen, sample),
+                _vllm("04 junior sampling (vLLM)", gen, r),
                 _train("04 senior DPO", gen, cfg.senior, cfg.senior.max_length, True, micro_batch(cfg.senior), pairs=2),
                 _train("05 revisor SFT", gen, cfg.revisor, cfg.revisor.max_length, True, micro_batch(cfg.revisor)),
-                _vllm("05 quality sampling (vLLM)", gen, revise),
-                _vllm("06 synthesis (vLLM)", gen, revise),
+                _vllm("05 quality sampling (vLLM)", gen, r),
+                _vllm("06 synthesis (vLLM)", gen, r),
                 StagePlan("06 synthesis (transformers fallback)", gen, "bf16", b, sample,
                           {"weights": weights_bytes(a, "bf16"), "kv cache": kv_cache_bytes(a, b, sample),
                            "activations": b * a.vocab * 4})]

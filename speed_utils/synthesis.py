@@ -30,7 +30,7 @@ from .dedup import dedup
 from .generate import GenRequest, Generator
 from .prompts import Prompt, revision_prompt
 from .runs import RunPaths, read_jsonl, sha256_path, stale_temp, write_jsonl
-from .schema import KEYS, parse_example, parse_revision, to_training_example
+from .schema import KEYS, generator_schema, parse_example, parse_revision, to_training_example
 from .teacher_data import request_seed, seed_prompts
 
 REVISION_EXTRA_TOKENS = 200  # default room for the reason the revisor writes before its revision
@@ -141,7 +141,8 @@ def make_chunks(cfg: Config, run: RunPaths, shard: Shard = Shard(), base_model: 
     todo_r = [j for j in mine if rdir is not None and not chunk_path(rdir, j).exists()]
     stats = {"shard": str(shard), "chunks": len(chunks), "owned": len(mine), "writer_made": len(todo_w),
              "revisor_made": len(todo_r), "made": len(set(todo_w) | set(todo_r)),
-             "skipped": len(mine) - len(set(todo_w) | set(todo_r)), "folder": str(wdir.relative_to(run.root))}
+             "skipped": len(mine) - len(set(todo_w) | set(todo_r)), "folder": str(wdir.relative_to(run.root)),
+             "structured_output": cfg.generation.structured_output}
     t0, tokens = time.monotonic(), 0
     writer_adapter, revisor_adapter = adapters(cfg, run)
     passes = [("writer", todo_w, writer_adapter, wdir), ("revisor", todo_r, revisor_adapter, rdir)]
@@ -171,8 +172,10 @@ def make_chunks(cfg: Config, run: RunPaths, shard: Shard = Shard(), base_model: 
 def write_chunk(cfg: Config, chunk: list[Prompt], first_index: int, writer: Generator) -> list[dict]:
     """The writer (the senior by default) samples one example per prompt (§3.3)."""
     s = cfg.synthesis
+    structured = cfg.generation.structured_output
     reqs = [GenRequest(p.text, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-                       seed=request_seed(cfg.run.seed, p.id)) for p in chunk]
+                       seed=request_seed(cfg.run.seed, p.id),
+                       json_schema=generator_schema(p.task_type) if structured else None) for p in chunk]
     raw = [o[0] for o in writer.generate(reqs, desc="writer")]
     return [{"index": first_index + i, "prompt_id": p.id, "prompt": p.text, "task_type": p.task_type, "task": p.task,
              "topic": p.topic, "attributes": p.attributes, "generator": s.generator, "raw": text}
@@ -184,7 +187,9 @@ def revise_chunk(cfg: Config, written: list[dict], revisor: Generator) -> list[d
     s = cfg.synthesis
     reqs = [GenRequest(revision_prompt(r["prompt"], r["task"], r["raw"]), temperature=s.revisor_temperature,
                        top_p=s.top_p, max_new_tokens=s.revisor_max_new_tokens or s.max_new_tokens + REVISION_EXTRA_TOKENS,
-                       seed=request_seed(cfg.run.seed, f"rev-{r['prompt_id']}")) for r in written]
+                       seed=request_seed(cfg.run.seed, f"rev-{r['prompt_id']}"),
+                       json_schema=generator_schema(r["task_type"], revise=True) if cfg.generation.structured_output
+                       else None) for r in written]
     out = [o[0] for o in revisor.generate(reqs, desc="revisor")]
     return [{"index": r["index"], "task_type": r["task_type"], "revisor_raw": text} for r, text in zip(written, out)]
 

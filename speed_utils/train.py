@@ -20,7 +20,7 @@ from typing import Sequence
 
 from . import chat
 from .config import LoraCfg, TrainCfg
-from .precision import amp_flags, compute_dtype, dtype_name, trained_in
+from .precision import amp_flags, compute_dtype, dtype_name, release_memory, trained_in
 from .runs import atomic_write_json, sha256_path
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,10 @@ def sft(model_id: str, rows: Sequence[dict], out_dir: Path, tc: TrainCfg, max_le
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
                          peft_config=lora_config(tc.lora), callbacks=[*(callbacks or []), step_logger()])
     trainer.train()
-    return _finish(trainer, out_dir, key, used_qlora, t0, examples=len(rows))
+    result = _finish(trainer, out_dir, key, used_qlora, t0, examples=len(rows))
+    del trainer, model
+    release_memory()  # the stage may sample next (stage 05's quality check): vLLM needs the card free
+    return result
 
 
 def dpo(model_id: str, junior_adapter: str | Path, pairs: Sequence[dict], out_dir: Path, tc, max_length: int,
@@ -303,5 +306,8 @@ def dpo(model_id: str, junior_adapter: str | Path, pairs: Sequence[dict], out_di
     hist = trainer.state.log_history
     margins = [(h["step"], float(h["rewards/margins"])) for h in hist if "rewards/margins" in h]
     accuracy = [(h["step"], float(h["rewards/accuracies"])) for h in hist if "rewards/accuracies" in h]
-    return _finish(trainer, out_dir, key, used_qlora, t0, pairs=len(pairs), reference="junior adapter (frozen copy)",
-                   reward_margins=margins, reward_accuracies=accuracy)
+    result = _finish(trainer, out_dir, key, used_qlora, t0, pairs=len(pairs), reference="junior adapter (frozen copy)",
+                     reward_margins=margins, reward_accuracies=accuracy)
+    del trainer, model, base
+    release_memory()
+    return result

@@ -21,6 +21,7 @@ import importlib.util
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,10 @@ import time
 import zlib
 from pathlib import Path
 from typing import Callable, Sequence
+
+
+MAX_MODEL_LEN = 4096  # tokens per sequence: the longest request (a revision prompt + its completion) fits
+GPU_SHARE = 0.85  # gpu_memory_utilization: the share of the card the engine takes (speed_utils.plan)
 
 
 def lora_request(adapter: str | None) -> tuple[str, int, str] | None:
@@ -40,17 +45,20 @@ def vllm_inputs(tok, asked: Sequence[dict]) -> tuple[list[dict], list[dict]]:
     """Token-id prompts and SamplingParams keyword arguments for :meth:`Generator.requests` output."""
     prompts = [{"prompt_token_ids": tok(a["prompt"], add_special_tokens=False)["input_ids"]} for a in asked]
     params = [{"n": a["n"], "temperature": a["temperature"], "top_p": a["top_p"], "max_tokens": a["max_tokens"],
-               "seed": a["seed"]} for a in asked]
+               "seed": a["seed"], **({"json_schema": a["json_schema"]} if a.get("json_schema") else {})} for a in asked]
     return prompts, params
 
 
 def _vllm_engine(model_id: str, tensor_parallel: int, gpu_memory_utilization: float, max_lora_rank: int,
-                 dtype: str = "bfloat16"):  # pragma: no cover - needs a GPU and vLLM
-    """The engine, built in the worker process (``dtype`` float16 on a card without bf16, a T4)."""
+                 dtype: str = "bfloat16") -> object:  # pragma: no cover - needs a GPU and vLLM
+    """The engine, built in the worker process (``dtype`` float16 on a card without bf16, a T4).
+    ``SPEED_REPRO_VLLM_EAGER=1`` skips CUDA-graph capture (a quicker start for tiny models and checks)."""
     from vllm import LLM
 
     return LLM(model=model_id, enable_lora=True, max_lora_rank=max_lora_rank, max_loras=2, dtype=dtype,
-               tensor_parallel_size=tensor_parallel, gpu_memory_utilization=gpu_memory_utilization)
+               max_model_len=MAX_MODEL_LEN, tensor_parallel_size=tensor_parallel,
+               gpu_memory_utilization=gpu_memory_utilization,
+               enforce_eager=os.environ.get("SPEED_REPRO_VLLM_EAGER") == "1")
 
 
 def _vllm_generate(llm, prompts: list[dict], params: list[dict],
@@ -59,9 +67,25 @@ def _vllm_generate(llm, prompts: list[dict], params: list[dict],
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
-    results = llm.generate(prompts, [SamplingParams(**p) for p in params],
+    results = llm.generate(prompts, [SamplingParams(**_structured(p)) for p in params],
                            lora_request=LoRARequest(*lora) if lora else None)
     return [[o.text for o in r.outputs] for r in results], sum(len(o.token_ids) for r in results for o in r.outputs)
+
+
+def _structured(params: dict) -> dict:  # pragma: no cover - needs vLLM
+    """A JSON schema as vLLM's structured-output setting (``structured_outputs`` since vLLM 0.10, before it
+    ``guided_decoding``)."""
+    schema = params.pop("json_schema", None)
+    if schema is None:
+        return params
+    try:
+        from vllm.sampling_params import StructuredOutputsParams
+
+        return {**params, "structured_outputs": StructuredOutputsParams(json=json.loads(schema))}
+    except ImportError:
+        from vllm.sampling_params import GuidedDecodingParams
+
+        return {**params, "guided_decoding": GuidedDecodingParams(json=json.loads(schema))}
 
 
 def _serve(conn, make_engine: Callable, engine_args: tuple, generate: Callable) -> None:
@@ -98,12 +122,13 @@ def default_python() -> str:
     env = os.environ.get("SPEED_REPRO_VLLM_PYTHON")
     if env:
         return env
-    own = Path(REPO_ROOT) / ".venv-vllm" / "bin" / "python"
-    return str(own) if own.exists() else sys.executable
+    own = Path(REPO_ROOT) / ".venv-vllm"
+    return str(own / "bin" / "python") if (own / ".installed").exists() else sys.executable
 
 
 def available() -> bool:
-    """Whether vLLM can be run: installed here, or in the environment :func:`default_python` names."""
+    """Whether vLLM can be run: installed here, or in ``.venv-vllm`` (whose ``.installed`` stamp ``make
+    vllm-env`` writes only after the install succeeded), or in ``$SPEED_REPRO_VLLM_PYTHON``'s environment."""
     return default_python() != sys.executable or importlib.util.find_spec("vllm") is not None
 
 
@@ -111,7 +136,7 @@ class VllmWorker:
     """A vLLM engine in a child process (its own interpreter, so its own torch); :meth:`generate` sends it a
     whole request list at once; :meth:`close` ends the process, and the GPU memory goes with it."""
 
-    def __init__(self, model_id: str, tensor_parallel: int = 1, gpu_memory_utilization: float = 0.85,
+    def __init__(self, model_id: str, tensor_parallel: int = 1, gpu_memory_utilization: float = GPU_SHARE,
                  max_lora_rank: int = 64, dtype: str = "bfloat16", python: str | None = None,
                  log_path: Path | None = None,
                  make_engine: str = f"{__name__}:_vllm_engine", generate: str = f"{__name__}:_vllm_generate",
@@ -125,14 +150,18 @@ class VllmWorker:
         env = {**os.environ, "SPEED_REPRO_WORKER_KEY": key.hex()}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
                                                           env.get("PYTHONPATH")]))
-        self.python = python or default_python()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [self.python, "-m", __name__, f"{listener.address[0]}:{listener.address[1]}",
-                 make_engine, generate, json.dumps([model_id, tensor_parallel, gpu_memory_utilization, max_lora_rank, dtype])],
-                env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.python, self.conn = python or default_python(), None
+        try:
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(  # its own process group: close() can end vLLM's children too
+                    [self.python, "-m", __name__, f"{listener.address[0]}:{listener.address[1]}", make_engine, generate,
+                     json.dumps([model_id, tensor_parallel, gpu_memory_utilization, max_lora_rank, dtype])],
+                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError:
+            listener.close()
+            raise
         self.conn = self._accept(listener, start_timeout_s)
-        status, detail = self._recv()
+        status, detail = self._recv(time.monotonic() + start_timeout_s)
         if status != "ready":
             self.close()
             raise RuntimeError(f"the vLLM engine for {model_id} did not start: {detail} (log: {self.log_path})")
@@ -158,10 +187,12 @@ class VllmWorker:
                                f"see {self.log_path}")
         return got[0]
 
-    def _recv(self):
+    def _recv(self, deadline: float | None = None):
         while not self.conn.poll(5):
             if self.proc.poll() is not None:
                 return "error", f"the worker process exited with code {self.proc.returncode}"
+            if deadline is not None and time.monotonic() > deadline:
+                return "error", "no answer in time"
         return self.conn.recv()
 
     def generate(self, prompts: list[dict], params: list[dict], lora: tuple | None) -> tuple[list[list[str]], int]:
@@ -173,7 +204,7 @@ class VllmWorker:
 
     def close(self, timeout: float = 60) -> None:
         """Stop the engine and wait for its process to end (its GPU memory goes with it)."""
-        if self.proc.poll() is None and getattr(self, "conn", None) is not None:
+        if self.proc.poll() is None and self.conn is not None:
             try:
                 self.conn.send(("stop",))
             except OSError:
@@ -181,8 +212,11 @@ class VllmWorker:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the worker and any engine process it started
             self.proc.wait()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 def main(argv: list[str]) -> None:

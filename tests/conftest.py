@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
         return
     why = "needs a CUDA GPU" if GPU_RUN else "GPU tests run with SPEED_REPRO_TEST_GPU=1 (benchmarks/gpu_check.py)"
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu"):
             item.add_marker(pytest.mark.skip(reason=why))
 
 

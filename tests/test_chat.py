@@ -30,7 +30,9 @@ def test_a_tokenizer_without_a_template_gets_the_default_and_keeps_its_own_other
     tok = chat.load_tokenizer(no_template_lm)
     assert tok.chat_template == chat.DEFAULT_TEMPLATE and tok.pad_token is not None
     text = chat.user_turn(tok, "Write one example.")
-    assert text == f"<|im_start|>user\nWrite one example.{tok.eos_token}\n<|im_start|>assistant\n"
+    assert text == f"{tok.bos_token or ''}<|im_start|>user\nWrite one example.{tok.eos_token}\n<|im_start|>assistant\n"
+    ids = tok(text, add_special_tokens=False)["input_ids"]  # how every engine tokenizes it: one BOS, if any
+    assert ids.count(tok.bos_token_id) == (text.count(tok.bos_token) if tok.bos_token else 0)
     own = chat.load_tokenizer(tiny_lm)
     assert own.chat_template == AutoTokenizer.from_pretrained(tiny_lm).chat_template != chat.DEFAULT_TEMPLATE
 

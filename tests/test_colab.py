@@ -16,7 +16,7 @@ def test_keys_come_from_colab_secrets_and_nothing_is_spent_before_the_pre_flight
     assert "userdata.get(name)" in text and "sk-" not in text and "hf_" not in text.replace("hf_token", "")
     assert not any("parameters" in c for c in cells)  # no papermill parameters: a key could never be one
     order = [next(i for i, c in enumerate(cells) if marker in c)
-             for marker in ("drive.mount", "pip install", "userdata.get", "speed-repro validate gpu-24gb",
+             for marker in ("drive.mount", "pip install", "userdata.get", '"validate", "gpu-24gb"], check=True',
                             "speed-repro run --profile gpu-24gb")]
     assert order == sorted(order)  # install, keys, pre-flight, and only then the run
 

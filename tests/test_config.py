@@ -135,3 +135,18 @@ def test_cli_validate_exits_2_without_traceback(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "bogus: unknown key" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_switch_added_at_its_old_behaviour_leaves_finished_runs_valid(tmp_path):
+    """generation.structured_output (added after runs existed): off, the generation section hashes as before
+    the key existed, so no finished stage reruns; on, it counts."""
+    cfg = load_profile("cpu")
+    dump = cfg.model_dump(mode="json")
+    del dump["generation"]["structured_output"]
+    import hashlib
+    import json
+
+    before = hashlib.sha256(json.dumps({"generation": dump["generation"]}, sort_keys=True).encode()).hexdigest()[:16]
+    assert cfg.section_hash("generation") == before
+    on = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"structured_output": True})})
+    assert on.section_hash("generation") != before

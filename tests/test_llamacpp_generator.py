@@ -110,3 +110,22 @@ def test_a_parallel_server_returns_every_row_in_order(base, tmp_path):
         assert gen.tokens_out > 0 and [len(o) for o in out] == [1] * 5
         singles = [gen.generate([r])[0] for r in reqs]
     assert sum(a == b for a, b in zip(out, singles)) >= 4  # greedy: the same text batched or alone
+
+
+def test_constrained_decoding_writes_the_schema_and_leaves_other_requests_alone(base, tmp_path):
+    """generation.structured_output (the smoke profile): the served generator's sampling is constrained to
+    the task type's JSON schema, so even the 135M model writes a parseable example; a request without a
+    schema is asked exactly as before (same request, same journal key)."""
+    import json
+
+    from speed_utils.schema import KEYS, generator_schema
+
+    reqs = [GenRequest(f"Write one {t} example as JSON.", max_new_tokens=160, seed=i, json_schema=generator_schema(t))
+            for i, t in enumerate(("sts", "retrieval", "classification"))]
+    with Generator(base[0], None, backend="llamacpp", gguf=base[1], parallel=1,
+                   log_path=tmp_path / "server.log") as gen:
+        texts = [o[0] for o in gen.generate(reqs)]
+        free = gen.requests([GenRequest("Say hi.")])[0]
+    for t, text in zip(("sts", "retrieval", "classification"), texts):
+        assert set(json.loads(text)) == set(KEYS[t]), (t, text)  # whole JSON with the type's fields, nothing else
+    assert "json_schema" not in free and gen.requests(reqs[:1])[0]["json_schema"] == reqs[0].json_schema

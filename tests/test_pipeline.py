@@ -1,5 +1,6 @@
 """The papermill runner on the smoke profile: real notebooks, real kernels, a real llama.cpp teacher."""
 import json
+import math
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import yaml
 
 from speed_utils import pipeline
 from speed_utils.runs import read_jsonl
+from speed_utils.schema import parse_example
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -59,7 +61,13 @@ def test_smoke_run_writes_every_stage(smoke_run):
     assert len(list(read_jsonl(run / "data/prefs.jsonl"))) == senior["judgements"]["pairs"] >= 1
     quality = json.loads((run / "stages/05.done.json").read_text())["metrics"]["quality"]
     assert set(quality["validity"]) == {"junior", "senior", "revised"} and quality["prompts"] == 3
-    assert len(list(read_jsonl(run / "data/quality.jsonl"))) == 3
+    rows = list(read_jsonl(run / "data/quality.jsonl"))
+    assert len(rows) == 3
+    for name, text in (("junior", "junior"), ("senior", "senior")):  # the table is the texts' own validity
+        valid = [parse_example(r["task_type"], r[text]).ok for r in rows]
+        assert [r[f"{name}_schema_valid"] for r in rows] == valid
+        assert quality["validity"][name]["schema_valid"] == round(sum(valid) / 3, 3)
+    assert quality["validity"]["senior"]["schema_valid"] > 0  # constrained decoding: the smoke senior writes valid JSON
     metrics = json.loads((run / "stages/02.done.json").read_text())["metrics"]
     assert metrics["valid"] == len(seed) and metrics["structured_output"] is True
     assert metrics["teacher"]["calls"] == 8 == len(fresh_calls(run, "02_seed"))
@@ -73,14 +81,23 @@ def test_smoke_run_synthesizes_trains_evaluates_and_reports(smoke_run):
     assert synth["requested"] == 12 and raw["chunks"] == 3
     kept, rejects = list(read_jsonl(run / "data/synthetic.jsonl")), list(read_jsonl(run / "data/synthesis_rejects.jsonl"))
     assert len(kept) == synth["kept"] and len(kept) + len(rejects) == 12  # every example kept or rejected with a reason
-    assert all(r["reason"] for r in rejects)
+    assert all(r["reason"] for r in rejects) and raw["structured_output"] is True
+    asked = {r["task_type"] for r in read_jsonl(run / "data/synthesis_rejects.jsonl")} | {r["task_type"] for r in kept}
+    assert {r["task_type"] for r in kept} == asked  # a valid example of every task type the prompts asked for
     emb = json.loads((run / "stages/07.done.json").read_text())["metrics"]
     assert emb["embedder"]["loss"] == "cached-infonce" and emb["embedder"]["steps"] >= 1 and emb["baseline"]["lora"] is False
+    assert emb["embedder"]["examples"] == len(kept) > 0  # the generators' data, and only it, reaches stage 07
     scores = list(read_jsonl(run / "data/scores.jsonl"))
     assert {r["label"] for r in scores} == {"smollm2-135m-instruct untrained", "smollm2-135m-instruct + our data",
                                            "all-minilm-l6-v2 (released)", "all-minilm-l6-v2 + our data"}
     assert {r["task"] for r in scores} == {"STS13", "SICK-R", "MSRParaphraseCorpus", "LeeDocSTS"}
-    assert all(-100 <= r["score"] <= 100 for r in scores)  # Spearman of an untrained model can be negative
+    for r in scores:  # each score is mteb's own, read back from the JSON it wrote
+        saved = json.loads(next((run / r["results"]).rglob(f"{r['task']}.json")).read_text())
+        main = [s["main_score"] for split in saved["scores"].values() for s in split]
+        assert math.isfinite(r["score"]) and r["score"] == pytest.approx(100 * main[0], abs=1e-6), r
+    cosines = json.loads((run / "data/sts_pairs.json").read_text())["models"]  # every pair's cosine, per model
+    trained, untrained = cosines["smollm2-135m-instruct + our data"], cosines["smollm2-135m-instruct untrained"]
+    assert sum(a != b for a, b in zip(trained["STS13"], untrained["STS13"])) > len(trained["STS13"]) // 2  # it moved
     intervals = {(r["label"], r["task"]): r for r in read_jsonl(run / "data/score_intervals.jsonl")}
     for r in scores:  # every STS score carries its bootstrap interval, around mteb's own score
         if r["type"] == "STS":
@@ -110,8 +127,8 @@ def test_smoke_sweep_adopts_shared_stages(smoke_run):
             assert "adopted_from" not in json.loads((point_run / f"stages/{n:02d}.done.json").read_text())
         assert not fresh_calls(point_run)
         trained = json.loads((point_run / "stages/07.done.json").read_text())["metrics"]["embedder"]["examples"]
-        available = len(list(read_jsonl(run / "data/synthetic.jsonl"))) + len(list(read_jsonl(run / "data/seed.jsonl")))
-        assert trained == min(int(name.split("=")[1]), available)  # smoke trains on synthetic + seed data
+        available = len(list(read_jsonl(run / "data/synthetic.jsonl")))
+        assert trained == min(int(name.split("=")[1]), available)  # smoke trains on the synthetic data alone
     ci = json.loads((run / "data/sweeps.json").read_text())["intervals"]["scaling"]
     assert set(ci["points"]) == {"train_examples=3", "train_examples=6"} and ci["skipped"] == []
     assert set(ci["minus_first"]) == {"train_examples=6 - train_examples=3"}
@@ -159,7 +176,7 @@ def test_a_study_run_adopts_the_finished_run_and_runs_only_its_own_sweeps(smoke_
     for n in range(11):
         assert json.loads((study / f"stages/{n:02d}.done.json").read_text())["adopted_from"] == str(run), n
     assert "adopted_from" not in json.loads((study / "stages/11.done.json").read_text())
-    assert (study / "ledger.jsonl").read_bytes() == (run / "ledger.jsonl").read_bytes()  # no call made or lost
+    assert list(read_jsonl(study / "ledger.jsonl")) == list(read_jsonl(run / "ledger.jsonl"))  # no call made or lost
     assert list(json.loads((study / "data/sweeps.json").read_text())["sweeps"]["scaling"]["points"]) == ["train_examples=6"]
     bad = cli("run", "--profile", "smoke", "--runs-dir", str(tmp_path / "none"), "--donor", str(tmp_path / "nowhere"))
     assert bad.returncode == 1 and "nowhere: not a run folder" in bad.stderr and not (tmp_path / "none").exists()

@@ -62,24 +62,27 @@ def gated_profile(tmp_path: Path) -> Path:
     return prof
 
 
-def cli(*args, hub: str, **env) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
+def cli(*args, hub: str, home: Path, **env) -> subprocess.CompletedProcess:
+    """The command line against the scripted Hub, with no token but the one a test sets (an empty HF_HOME:
+    a developer's saved login never reaches the fake Hub)."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_TOKEN_PATH")}
     return subprocess.run([sys.executable, "-m", "speed_utils.pipeline", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=300, env={**environ, "HF_ENDPOINT": hub, "SPEED_TEST_TEACHER_KEY": "k", **env})
+                          cwd=REPO, timeout=300, env={**environ, "HF_ENDPOINT": hub, "HF_HOME": str(home),
+                                                      "SPEED_TEST_TEACHER_KEY": "k", **env})
 
 
 def test_validate_names_the_gated_model_its_licence_page_and_hf_token(fake_hub, tmp_path):
     hub, seen = fake_hub
-    proc = cli("validate", str(gated_profile(tmp_path)), hub=hub)
+    proc = cli("validate", str(gated_profile(tmp_path)), hub=hub, home=tmp_path / "hf")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = {ln.split()[1] + " " + ln.split()[0]: ln for ln in proc.stdout.splitlines()[1:]}
     assert f"generator: {GATED} is gated" in lines["hub fail"]
     assert f"https://huggingface.co/{GATED}" in lines["hub fail"] and "$HF_TOKEN" in lines["hub fail"]
     assert "does not answer" in lines["teacher fail"] and str(gated_profile(tmp_path)) in lines["teacher fail"]
     assert "smollm2-135m-instruct" not in proc.stdout.split("is gated")[0]  # the ungated models passed
-    assert {p for p, _ in seen} >= {f"/api/models/{GATED}/auth-check"}
-    with_token = cli("validate", str(gated_profile(tmp_path)), hub=hub, HF_TOKEN="hf_test_token")
-    assert "the account whose token is in $HF_TOKEN" in with_token.stdout
+    assert {p for p, _ in seen} >= {f"/api/models/{GATED}/auth-check"} and {a for _, a in seen} == {None}
+    with_token = cli("validate", str(gated_profile(tmp_path)), hub=hub, home=tmp_path / "hf", HF_TOKEN="hf_test_token")
+    assert "the account of the token in use" in with_token.stdout
     assert ("Bearer hf_test_token") in {auth for _, auth in seen}  # the token was shown to the Hub
 
 
@@ -97,7 +100,7 @@ def test_validate_passes_what_this_machine_can_run_and_checks_only_files_with_sc
 def test_a_gated_model_and_a_dead_endpoint_stop_the_run_in_stage_00(fake_hub, tmp_path):
     hub, _ = fake_hub
     runs = tmp_path / "runs"
-    proc = cli("run", "--profile", str(gated_profile(tmp_path)), "--runs-dir", str(runs), hub=hub)
+    proc = cli("run", "--profile", str(gated_profile(tmp_path)), "--runs-dir", str(runs), hub=hub, home=tmp_path / "hf")
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     err = proc.stdout + proc.stderr
     assert "pre-flight failed, before any teacher call" in err and f"{GATED} is gated" in err and "does not answer" in err
