@@ -193,22 +193,30 @@ def parse_revision(task_type: str, text: str | None, finish_reason: str | None =
                    "revision": {k: rev[k].strip() for k in KEYS[task_type]}}, repaired=p.repaired)
 
 
-def json_schema(task_type: str) -> dict:
-    """JSON Schema for constrained decoding (``response_format``) of one task type."""
+def json_schema(task_type: str, max_chars: int | None = None) -> dict:
+    """JSON Schema for constrained decoding (``response_format``) of one task type; ``max_chars`` bounds
+    each field (a small model under a schema can otherwise write one string until its token cap)."""
     keys = KEYS[task_type]
-    return {"type": "object", "properties": {k: {"type": "string"} for k in keys},
+    field = {"type": "string"} if max_chars is None else {"type": "string", "minLength": 1, "maxLength": max_chars}
+    return {"type": "object", "properties": {k: dict(field) for k in keys},
             "required": list(keys), "additionalProperties": False}
 
 
-def revision_schema(task_type: str) -> dict:
+def revision_schema(task_type: str, max_chars: int | None = None) -> dict:
     """JSON Schema of a revision ``{"reason", "revision"}`` whose revision is one example (§3.2.4)."""
+    reason = {"type": "string"} if max_chars is None else {"type": "string", "maxLength": max_chars}
     return {"type": "object", "required": ["reason", "revision"], "additionalProperties": False,
-            "properties": {"reason": {"type": "string"}, "revision": json_schema(task_type)}}
+            "properties": {"reason": reason, "revision": json_schema(task_type, max_chars)}}
+
+
+GENERATOR_FIELD_CHARS = 80  # per field under constrained generation: three fields of words, keys and braces fit 128 tokens
 
 
 def generator_schema(task_type: str, revise: bool = False) -> str:
-    """The schema a generator's decoding is constrained to (``generation.structured_output``), as JSON text."""
-    return json.dumps(revision_schema(task_type) if revise else json_schema(task_type), sort_keys=True)
+    """The schema a generator's decoding is constrained to (``generation.structured_output``), as JSON
+    text, every field bounded to :data:`GENERATOR_FIELD_CHARS` so a row always closes within its tokens."""
+    schema = revision_schema(task_type, GENERATOR_FIELD_CHARS) if revise else json_schema(task_type, GENERATOR_FIELD_CHARS)
+    return json.dumps(schema, sort_keys=True)
 
 
 def response_format(name: str, schema: dict) -> str:

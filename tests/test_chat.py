@@ -53,4 +53,4 @@ def test_training_records_its_template_and_generators_render_with_it(no_template
         assert gen.requests([GenRequest("Item 0?")])[0]["prompt"] == prompt
     # an adapter's recorded template wins over the base's, so a changed default never splits training and sampling
     recorded.write_text(chat.DEFAULT_TEMPLATE.replace("<|im_start|>", "<<turn>>"))
-    assert chat.user_turn(chat.load_tokenizer(no_template_lm, tmp_path / "junior"), "q").startswith("<<turn>>user")
+    assert "<<turn>>user" in chat.user_turn(chat.load_tokenizer(no_template_lm, tmp_path / "junior"), "q")

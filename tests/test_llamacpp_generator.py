@@ -120,7 +120,7 @@ def test_constrained_decoding_writes_the_schema_and_leaves_other_requests_alone(
 
     from speed_utils.schema import KEYS, generator_schema
 
-    reqs = [GenRequest(f"Write one {t} example as JSON.", max_new_tokens=160, seed=i, json_schema=generator_schema(t))
+    reqs = [GenRequest(f"Write one {t} example as JSON.", max_new_tokens=256, seed=i, json_schema=generator_schema(t))
             for i, t in enumerate(("sts", "retrieval", "classification"))]
     with Generator(base[0], None, backend="llamacpp", gguf=base[1], parallel=1,
                    log_path=tmp_path / "server.log") as gen:

@@ -26,7 +26,7 @@ TASKS = [{"id": f"t{i}", "task_type": t, "task": f"Find documents about topic {i
 def profile(tmp_path: Path, **synthesis_overrides) -> Path:
     p = tmp_path / "synth.yaml"
     p.write_text(yaml.safe_dump({
-        "extends": "smoke", "generation": {"batch_size": 4},
+        "extends": "smoke", "generation": {"batch_size": 4, "structured_output": False},  # the tiny model on transformers
         "synthesis": {"n_examples": 14, "chunk_size": 3, "max_new_tokens": 8, "revisor_max_new_tokens": 8,
                       **synthesis_overrides}}))
     return p
