@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -214,7 +215,7 @@ def unchanged_junior(run: RunPaths, why: str) -> TrainResult:
     shutil.copytree(run.adapters / "junior", tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    print(f"WARNING: {why}", flush=True)
+    print(f"WARNING: {why}", file=sys.stderr, flush=True)  # stderr: the quiet terminal shows it
     return TrainResult(adapter=str(out), path="lora", steps=0, seconds=round(time.monotonic() - t0, 1),
                        trainable_params=0, extra={"reward_margins": [], "unchanged_junior": why})
 

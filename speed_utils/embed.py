@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -267,7 +268,7 @@ def train_stage(cfg, run) -> dict:
                          "stage 06 produced no valid example")
     if ec.train_examples and len(rows) < ec.train_examples:
         print(f"WARNING: embedder.train_examples asks for {ec.train_examples} examples, but the "
-              f"{' + '.join(ec.train_on)} data holds {len(rows)}: training on all {len(rows)}", flush=True)
+              f"{' + '.join(ec.train_on)} data holds {len(rows)}: training on all {len(rows)}", file=sys.stderr, flush=True)
     out = {}
     jobs = [("embedder", cfg.models.embedder, ec.lr)]
     if cfg.models.baseline_embedder and ec.baseline_finetune:

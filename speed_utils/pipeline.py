@@ -9,6 +9,7 @@ stage whose marker still matches (same config hash, inputs and outputs unchanged
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -227,11 +228,14 @@ def _stage_files(notebooks_dir: Path) -> dict[int, Path]:
 
 def run(profile: str, run_id: str | None = None, start: int = 0, until: int | None = None,
         force: bool = False, notebooks_dir: Path = NOTEBOOKS_DIR, runs_dir: Path | None = None,
-        log=print, donors: Sequence[Path] = ()) -> int:
+        log=print, donors: Sequence[Path] = (), verbose: bool = True) -> int:
     """Execute the stage notebooks in order; return a process exit code (3: the run folder is in use).
 
     ``donors``: finished runs whose stages this run adopts where config and inputs match
-    (:func:`adopt_run`), e.g. ``make study`` adopting stages 00-10 from the default cpu run."""
+    (:func:`adopt_run`), e.g. ``make study`` adopting stages 00-10 from the default cpu run.
+    ``verbose=False`` (the command line's default): one line per stage and the stages' own progress
+    bars and warnings; papermill's cell chatter, the notebooks' prints and the kernels' messages go to
+    ``logs/``. Sweeps and tests keep everything."""
     cfg = load_profile(profile)  # validate before anything is created
     prof = profile_path(profile)
     preflight.require(preflight.check(cfg, prof, network=False))  # the Hub and the endpoint: stage 00
@@ -249,7 +253,7 @@ def run(profile: str, run_id: str | None = None, start: int = 0, until: int | No
         os.environ[LOCK_ENV] = str(run_paths.root.resolve())  # the stage kernels inherit it
         if donors and not force:
             adopt_run(run_paths, cfg, [RunPaths(Path(d)) for d in donors], until if until is not None else max(STAGES), log)
-        return _run_stages(cfg, prof, run_paths, start, until, force, notebooks_dir, log)
+        return _run_stages(cfg, prof, run_paths, start, until, force, notebooks_dir, log, verbose)
     finally:
         if previous is None:
             os.environ.pop(LOCK_ENV, None)
@@ -259,9 +263,13 @@ def run(profile: str, run_id: str | None = None, start: int = 0, until: int | No
 
 
 def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until: int | None, force: bool,
-                notebooks_dir: Path, log) -> int:
+                notebooks_dir: Path, log, verbose: bool = True) -> int:
     import papermill
     from papermill.exceptions import PapermillExecutionError
+
+    from . import report
+
+    t_run = time.monotonic()
 
     atomic_write_text(run_paths.config, cfg.to_yaml())
     files = _stage_files(notebooks_dir)
@@ -277,6 +285,8 @@ def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     ensure_kernel()
     log(f"run {run_paths.root} (profile {cfg.name}, stages {', '.join(f'{n:02d}' for n in todo)})")
+    if not verbose:
+        log(_expected(cfg, run_paths, todo, force))
     walls: dict[int, float | None] = {}
     for i, n in enumerate(todo, 1):
         stage = STAGES[n]
@@ -298,10 +308,11 @@ def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until:
                 for f in (out, err):
                     f.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} stage {n:02d} ====\n")
                     f.flush()  # visible at once to whoever watches the logs
-                papermill.execute_notebook(
-                    str(files[n]), str(out_nb), kernel_name=KERNEL_NAME, cwd=str(notebooks_dir),
-                    parameters={"run_dir": str(run_paths.root), "profile": str(prof)},
-                    log_output=True, progress_bar=False, stdout_file=out, stderr_file=err)
+                with _quiet(err, Path(f"{logs}.papermill.log"), not verbose):
+                    papermill.execute_notebook(
+                        str(files[n]), str(out_nb), kernel_name=KERNEL_NAME, cwd=str(notebooks_dir),
+                        parameters={"run_dir": str(run_paths.root), "profile": str(prof)},
+                        log_output=True, progress_bar=False, stdout_file=out, stderr_file=err)
         except PapermillExecutionError as e:
             log(f"{label}: FAILED in cell {e.cell_index} (execution count {e.exec_count})\n"
                 f"  {e.ename}: {e.evalue}\n  executed notebook: {out_nb}\n"
@@ -323,11 +334,70 @@ def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until:
         append_jsonl(run_paths.logs / "timings.jsonl", [{"stage": n, "name": stage.name, "wall_s": round(wall, 2),
                                                          "in_kernel_s": marker["seconds"], "profile": cfg.name,
                                                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}])
-        log(f"{label}: done in {wall:.1f}s  {json.dumps(marker['metrics'])[:300]}")
+        log(f"{label}: done in {wall:.1f}s  " + (json.dumps(marker["metrics"])[:300] if verbose
+                                                  else report.headline(n, marker["metrics"])))
         walls[n] = wall
     log(stage_time_table(walls))
+    if any(w is not None for w in walls.values()) or not (run_paths.root / "report.html").exists():
+        try:
+            report.build(run_paths)
+        except Exception as e:  # noqa: BLE001 - the run's results stand without their rendering
+            log(f"warning: report.html could not be built ({type(e).__name__}: {e}); `speed-repro report "
+                f"{run_paths.root}` retries")
     log(f"finished: {run_paths.root}")
+    if not verbose:
+        log(report.summary(run_paths, time.monotonic() - t_run))
     return 0
+
+
+def _expected(cfg: Config, run_paths: RunPaths, todo: list[int], force: bool) -> str:
+    """Before a run: the wall time the stages still to run should take here, and what the teacher costs."""
+    from .budget import estimate as wall_time, rates_for
+    from .cost import estimate as teacher_plan
+
+    left = [n for n in todo if force or not marker_matches(run_paths, cfg, STAGES[n])[0]]
+    if not left:
+        return "every stage is up to date: nothing to do but the report"
+    measured = "no params/rates-" not in rates_for(cfg)["machine"]  # rates measured for this profile's machine
+    seconds = sum(x.seconds for x in wall_time(cfg) if x.stage in left)
+    when = (f"about {seconds / 60:.0f} min for {len(left)} stage(s) on this machine (speed-repro estimate --profile "
+            f"{cfg.name})") if measured else f"{len(left)} stage(s) (no measured rates for this profile's hardware)"
+    stage_of = {"brainstorm": 1, "seed": 2, "judge": 4, "revision": 5, "quality": 5}  # who makes each kind of call
+    teacher = [r for r in teacher_plan(cfg) if stage_of.get(r["kind"]) in left]
+    calls, usd = sum(r["calls"] for r in teacher), sum(r["usd_max"] for r in teacher)
+    money = "on the local llama.cpp server, at no cost" if cfg.teacher.backend == "llamacpp" else \
+        f"at most ${usd:,.2f} at {cfg.teacher.model}'s list prices (params/prices.yaml)"
+    return f"expected: {when}; at most {calls:,} teacher calls, {money}"
+
+
+@contextlib.contextmanager
+def _quiet(kernel_log, papermill_log: Path, quiet: bool):
+    """Quiet mode for one stage. The terminal gets what papermill logs as warnings: the stage's stderr, its
+    progress bars and warnings. papermill's cell chatter and the notebook's prints go to ``papermill_log``,
+    and the kernel process's own messages (it inherits file descriptor 2) to ``kernel_log``."""
+    if not quiet:
+        yield
+        return
+    pm = logging.getLogger("papermill")
+    saved_state = (pm.level, pm.propagate, list(pm.handlers))
+    with open(papermill_log, "a") as chatter:
+        to_file, to_terminal = logging.StreamHandler(chatter), logging.StreamHandler(sys.stdout)
+        to_terminal.setLevel(logging.WARNING)
+        for h in (to_file, to_terminal):
+            h.setFormatter(logging.Formatter("%(message)s"))
+        pm.setLevel(logging.INFO)
+        pm.propagate, pm.handlers = False, [to_file, to_terminal]
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(kernel_log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            pm.setLevel(saved_state[0])
+            pm.propagate, pm.handlers = saved_state[1], saved_state[2]
 
 
 def stage_time_table(walls: dict[int, float | None]) -> str:
@@ -659,12 +729,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--until", type=int, default=None, help="last stage number")
     r.add_argument("--force", action="store_true", help="rerun stages even when their markers match")
     r.add_argument("--runs-dir", type=Path, default=None, help="parent of run folders (default: results/runs)")
+    r.add_argument("--verbose", action="store_true",
+                   help="print papermill's cell log, the notebooks' prints and kernel messages (default: logs/ only)")
     r.add_argument("--donor", type=Path, action="append", default=[],
                    help="a finished run whose stages this run adopts where config and inputs match (repeatable)")
     v = sub.add_parser("validate", help="validate profiles without running anything")
     v.add_argument("profiles", nargs="*", help="profile names or paths (default: all in params/)")
     v.add_argument("--schema-only", action="store_true",
                    help="only the files; no pre-flight (Hub access, teacher endpoint, QLoRA and GPU memory)")
+    rp = sub.add_parser("report", help="(re)build a run folder's report.html from its executed notebooks")
+    rp.add_argument("run_dir", type=Path)
+    rp.add_argument("--code", action="store_true", help="include the code cells")
     s = sub.add_parser("status", help="show which stages of a run folder are done")
     s.add_argument("run_dir", type=Path)
     y = sub.add_parser("synthesize", help="make one shard of stage 06's chunks (merge: run stage 06)")
@@ -699,7 +774,13 @@ def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
         if a.cmd == "run":
-            return run(a.profile, a.run_id, a.start, a.until, a.force, runs_dir=a.runs_dir, donors=a.donor)
+            return run(a.profile, a.run_id, a.start, a.until, a.force, runs_dir=a.runs_dir, donors=a.donor,
+                       verbose=a.verbose)
+        if a.cmd == "report":
+            from .report import build
+
+            print(f"report: {build(RunPaths(a.run_dir), include_code=a.code)}")
+            return 0
         if a.cmd == "validate":
             return validate(a.profiles or list_profiles(), schema_only=a.schema_only)
         if a.cmd == "status":

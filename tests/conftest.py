@@ -100,7 +100,11 @@ class Snapshot(TrainerCallback):
 
 def pytest_terminal_summary(terminalreporter):
     """Counts the tests kept: faults the scripted teacher injected, bad params files tried, by kind."""
-    from tally import TALLIES
+    from tally import FLOW, TALLIES
+
+    if FLOW:
+        terminalreporter.section("smoke run: rows per stage")
+        terminalreporter.write_line("  ".join(f"{k} {v}" for k, v in FLOW.items()))
 
     for title, counts in sorted(TALLIES.items()):
         if counts:

@@ -2,3 +2,4 @@
 from collections import Counter, defaultdict
 
 TALLIES: defaultdict[str, Counter] = defaultdict(Counter)
+FLOW: dict[str, int] = {}  # the smoke run's rows per stage, in stage order (data through every stage)

@@ -17,6 +17,7 @@ import yaml
 from speed_utils import pipeline
 from speed_utils.runs import read_jsonl
 from speed_utils.schema import parse_example
+from tally import FLOW
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -39,7 +40,12 @@ def smoke_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     proc = cli("run", "--profile", "smoke", "--runs-dir", str(runs), "--run-id", "s1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return runs, runs / "s1", proc
+    run = runs / "s1"
+    for name, rel in (("tasks", "data/tasks.jsonl"), ("seed", "data/seed.jsonl"), ("prefs", "data/prefs.jsonl"),
+                      ("revisions", "data/revisions.jsonl"), ("synthetic", "data/synthetic.jsonl")):
+        FLOW[name] = len(list(read_jsonl(run / rel)))
+    FLOW["trained steps"] = json.loads((run / "stages/07.done.json").read_text())["metrics"]["embedder"]["steps"]
+    return runs, run, proc
 
 
 def test_smoke_run_writes_every_stage(smoke_run):
@@ -72,6 +78,26 @@ def test_smoke_run_writes_every_stage(smoke_run):
     assert metrics["valid"] == len(seed) and metrics["structured_output"] is True
     assert metrics["teacher"]["calls"] == 8 == len(fresh_calls(run, "02_seed"))
     assert "stage 02 seed: done" in proc.stdout
+
+
+def test_the_terminal_is_quiet_and_the_run_ends_with_a_report_and_a_summary(smoke_run, tmp_path):
+    """What a person sees (issue 21): a line per stage, progress bars, the expected time before, the summary
+    after; papermill's cell chatter and the kernels' messages only in logs/; a report.html with every figure."""
+    runs, run, proc = smoke_run
+    seen = proc.stdout + proc.stderr
+    for noise in ("Executing Cell", "Ending Cell", "Input Notebook", "Output Notebook", "Kernel is running over TCP"):
+        assert noise not in seen, noise
+    assert "expected: about" in proc.stdout and "at no cost" in proc.stdout  # before: time and teacher cost
+    assert all(f"stage {n:02d} {st.name}: done in" in proc.stdout for n, st in pipeline.STAGES.items())
+    assert f"report: {run / 'report.html'}" in proc.stdout and "embedder, STS average" in proc.stdout
+    assert "Executing Cell" in (run / "logs/00_environment.papermill.log").read_text()  # the chatter is kept, apart
+    page = (run / "report.html").read_text()
+    figures = sorted((run / "figures").glob("*.png"))
+    assert figures and all(f'alt="{f.name}"' in page for f in figures)  # every stage's figures, in the report
+    assert all(f'id="stage-{n:02d}"' in page for n in pipeline.STAGES) and "The claims table" in page
+    assert "def " not in page.split('id="stage-00"')[1]  # code cells left out by default ...
+    again = cli("report", str(run), "--code")
+    assert again.returncode == 0 and "StageContext(" in (run / "report.html").read_text()  # ... and in on request
 
 
 def test_smoke_run_synthesizes_trains_evaluates_and_reports(smoke_run):

@@ -61,6 +61,37 @@ def test_dpo_from_junior_trains_and_reports_margins(tiny_lm, tmp_path):
     assert not (tmp_path / "senior" / "ref").exists()
 
 
+class RefCheck(Snapshot):
+    """At the end of DPO: the frozen reference adapter's weights, and whether any of them can train."""
+
+    def on_train_end(self, args, state, control, model=None, **kw):
+        super().on_train_end(args, state, control, model=model, **kw)
+        self.ref = {n.replace(".ref.", ".default."): p.detach().clone() for n, p in model.named_parameters() if ".ref." in n}
+        self.ref_trainable = [n for n, p in model.named_parameters() if ".ref." in n and p.requires_grad]
+
+
+def test_dpo_reference_is_the_junior_adapter_not_the_base_model(tiny_lm, tmp_path):
+    """SPEED Eq. 2's reference is the junior. The loss at step 1 (log 2) and a frozen reference would also hold
+    if trl scored the reference with the adapter switched off (the base model), which its own code does for
+    some peft versions; here the reference adapter's weights are compared with the junior's saved ones."""
+    from safetensors.torch import load_file
+
+    junior = sft(tiny_lm, ROWS, tmp_path / "junior", JuniorCfg(lr=5e-3, batch_size=4, epochs=1, lora=LORA),
+                 max_length=64).adapter
+    saved = load_file(f"{junior}/adapter_model.safetensors")
+    pairs = [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": "no json here"} for r in ROWS[:8]]
+    check = RefCheck()
+    dpo(tiny_lm, junior, pairs, tmp_path / "senior", SeniorCfg(n_prompts=8, lr=5e-3, batch_size=4, epochs=1, beta=0.1,
+        lora=LORA), max_length=64, callbacks=[check])
+    assert check.ref and check.ref_trainable == []  # a reference adapter exists, and it is frozen
+    lora_b = [n for n in check.ref if "lora_B" in n]
+    assert lora_b and all(torch.count_nonzero(check.ref[n]) for n in lora_b)  # not a zero (= base model) adapter
+    for name, weight in check.ref.items():  # ... but exactly the junior's trained weights
+        key = name.replace(".default", "")
+        assert torch.equal(weight.cpu().to(saved[key].dtype), saved[key]), name
+    assert check.unchanged == []  # while the policy (the "default" adapter) moved away from it
+
+
 def test_revisor_trains_a_fresh_adapter_on_the_base_model(tiny_lm, smoke_cfg, run_paths, monkeypatch):
     """SPEED Eq. 3: the revisor starts from the base model, not the junior; input = prompt + task +
     original, target = the teacher's {"reason", "revision"}."""

@@ -14,11 +14,17 @@ def test_requests_are_token_ids_without_a_second_bos_and_carry_each_seed(tiny_lm
     gen = Generator.__new__(Generator)  # only the tokenizer and the request builder, no engine
     from speed_utils.chat import load_tokenizer
 
+    from tokenizers import processors
+
     gen.tok = load_tokenizer(tiny_lm)
+    bos = gen.tok.bos_token  # make this tokenizer add a BOS to whatever it encodes, as LLaMA-3's does
+    gen.tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, gen.tok.bos_token_id)])
     asked = gen.requests([GenRequest("one", n=1, seed=7, max_new_tokens=9), GenRequest("two", n=1, seed=8)])
     prompts, params = vllm_inputs(gen.tok, asked)
     for a, p in zip(asked, prompts):
-        assert p["prompt_token_ids"] == gen.tok(a["prompt"], add_special_tokens=False)["input_ids"]
+        assert gen.tok(a["prompt"])["input_ids"][0] == gen.tok.bos_token_id  # the tokenizer would add one ...
+        assert p["prompt_token_ids"] == gen.tok(a["prompt"], add_special_tokens=False)["input_ids"]  # ... not here
         assert gen.tok.decode(p["prompt_token_ids"]) == a["prompt"]  # the rendered template, nothing added
     assert [q["seed"] for q in params] == [7, 8] and params[0]["max_tokens"] == 9 and params[0]["n"] == 1
     assert lora_request("/a/b") == lora_request("/a/b") != lora_request("/a/c") and lora_request(None) is None
@@ -52,3 +58,46 @@ def test_an_engine_that_cannot_start_raises_with_its_reason(tmp_path):
         VllmWorker("no-such-model", log_path=tmp_path / "worker.log", **FAKE)
     with pytest.raises(RuntimeError, match="exited .code 1. before it connected"):  # an environment without us
         VllmWorker("tiny", python="/bin/false", log_path=tmp_path / "worker.log", **FAKE)
+
+
+def test_the_generator_asks_vllm_what_the_design_says_and_journals_its_answers(tiny_lm, tmp_path, monkeypatch):
+    """The whole vLLM path but the engine: Generator -> requests -> token ids -> worker process -> vLLM's
+    LLM / SamplingParams / LoRARequest (a recording stand-in, tests/fake_vllm) -> texts -> journal."""
+    import json
+    import sys
+
+    from conftest import random_adapter
+
+    from speed_utils.generate import row_seed
+
+    record = tmp_path / "vllm.jsonl"
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent / "fake_vllm"))
+    monkeypatch.setenv("SPEED_REPRO_VLLM_PYTHON", sys.executable)
+    monkeypatch.setenv("FAKE_VLLM_RECORD", str(record))
+    adapter = random_adapter(tiny_lm, tmp_path / "senior")
+    reqs = [GenRequest("Write one example.", n=2, temperature=0.7, top_p=0.9, max_new_tokens=11, seed=5),
+            GenRequest("Write another.", seed=6)]
+    journal = tmp_path / "journal.jsonl"
+    with Generator(tiny_lm, adapter, backend="vllm", batch_size=2, max_lora_rank=16, log_path=tmp_path / "w.log") as gen:
+        texts = gen.generate(reqs, journal=journal)
+        rendered = [gen.chat_text(r.prompt) for r in reqs]
+        transformers_ids = [gen.tok([t], add_special_tokens=False)["input_ids"][0] for t in rendered]  # as _batch feeds them
+    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    engine, call = rows[0], rows[1]
+    assert (engine["kind"], engine["model"], engine["enable_lora"], engine["max_lora_rank"]) == ("engine", tiny_lm, True, 16)
+    assert engine["max_model_len"] == 4096 and engine["gpu_memory_utilization"] == 0.85 and engine["dtype"] == "bfloat16"
+    # one row per sample, each with its own seed, the request's sampler, the adapter as the LoRA request
+    want_ids = [transformers_ids[0], transformers_ids[0], transformers_ids[1]]
+    assert [p["prompt_token_ids"] for p in call["prompts"]] == want_ids  # the transformers path's tokens exactly
+    for ids, text in zip(want_ids, [rendered[0], rendered[0], rendered[1]]):  # the rendered prompt, nothing added:
+        assert gen.tok.decode(ids) == text and ids[:2] != [gen.tok.bos_token_id] * 2  # no second BOS
+    assert [(p["seed"], p["n"], p["max_tokens"]) for p in call["params"]] == [
+        (row_seed(5, 0), 1, 11), (row_seed(5, 1), 1, 11), (row_seed(6, 0), 1, 800)]
+    assert call["params"][0]["temperature"] == 0.7 and call["params"][0]["top_p"] == 0.9
+    assert call["lora"] == [adapter, lora_request(adapter)[1], adapter]
+    assert texts == [[f"ids={want_ids[0][:3]} seed={row_seed(5, 0)}", f"ids={want_ids[0][:3]} seed={row_seed(5, 1)}"],
+                     [f"ids={want_ids[2][:3]} seed={row_seed(6, 0)}"]]
+    assert len(journal.read_text().splitlines()) == 2  # batches of 2 rows, journalled
+    with Generator(tiny_lm, adapter, backend="vllm", batch_size=2, max_lora_rank=16, log_path=tmp_path / "w.log") as again:
+        assert again.generate(reqs, journal=journal) == texts  # a rerun takes every batch from the journal
+    assert sum(json.loads(line)["kind"] == "generate" for line in record.read_text().splitlines()) == 1
