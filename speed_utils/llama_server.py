@@ -160,7 +160,9 @@ def main() -> None:
         if a.parent_pid and os.getppid() != a.parent_pid:  # reparented: whoever started us is gone
             print("speed_utils.llama_server: parent exited, stopping", flush=True)
             break
-    del server
+    # exit now: a clean shutdown (``del server``) first finishes the slots' requests in flight, and a
+    # killed stage's orphaned server went on decoding for minutes on cores the next run needs
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -95,9 +95,9 @@ def test_the_terminal_is_quiet_and_the_run_ends_with_a_report_and_a_summary(smok
     figures = sorted((run / "figures").glob("*.png"))
     assert figures and all(f'alt="{f.name}"' in page for f in figures)  # every stage's figures, in the report
     assert all(f'id="stage-{n:02d}"' in page for n in pipeline.STAGES) and "The claims table" in page
-    assert "def " not in page.split('id="stage-00"')[1]  # code cells left out by default ...
+    assert "StageContext" not in page  # code cells left out by default ...
     again = cli("report", str(run), "--code")
-    assert again.returncode == 0 and "StageContext(" in (run / "report.html").read_text()  # ... and in on request
+    assert again.returncode == 0 and "StageContext" in (run / "report.html").read_text()  # ... and in on request
 
 
 def test_smoke_run_synthesizes_trains_evaluates_and_reports(smoke_run):
@@ -120,7 +120,7 @@ def test_smoke_run_synthesizes_trains_evaluates_and_reports(smoke_run):
     for r in scores:  # each score is mteb's own, read back from the JSON it wrote
         saved = json.loads(next((run / r["results"]).rglob(f"{r['task']}.json")).read_text())
         main = [s["main_score"] for split in saved["scores"].values() for s in split]
-        assert math.isfinite(r["score"]) and r["score"] == pytest.approx(100 * main[0], abs=1e-6), r
+        assert math.isfinite(r["score"]) and r["score"] == pytest.approx(100 * main[0], abs=0.006), r  # 2 decimals
     cosines = json.loads((run / "data/sts_pairs.json").read_text())["models"]  # every pair's cosine, per model
     trained, untrained = cosines["smollm2-135m-instruct + our data"], cosines["smollm2-135m-instruct untrained"]
     assert sum(a != b for a, b in zip(trained["STS13"], untrained["STS13"])) > len(trained["STS13"]) // 2  # it moved
