@@ -694,7 +694,7 @@ def sweep(spec_path: str | Path, runs_dir: Path | None = None, donors: Sequence[
         log(f"sweep {spec['name']}: point {name}")
         adopted = adopt_stages(run_paths, cfg, donors, spec["until"], log)
         t0 = time.monotonic()
-        rc = run(str(prof), run_id=name, until=spec["until"], runs_dir=root, log=log)
+        rc = run(str(prof), run_id=name, until=spec["until"], runs_dir=root, log=log, verbose=False)  # logs: its folder
         if rc != 0:
             raise StageError(f"sweep {spec['name']}: point {name} failed; see {run_paths.logs}")
         summary["points"][name] = {"run": str(run_paths.root), "adopted": adopted, "seconds": round(time.monotonic() - t0, 1),
