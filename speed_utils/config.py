@@ -383,6 +383,14 @@ class Config(Strict):
         return {"always": False, "never": True}.get(self.run.offline) if self.run.offline != "auto" \
             else assets.hub_reachable()
 
+    def named_models(self) -> list[tuple[str, str]]:
+        """(role, model name) of every model the profile loads: the teacher when llama.cpp serves it,
+        the generator, the embedder and the baseline embedder where named."""
+        named = [("teacher", self.teacher.model if self.teacher.backend == "llamacpp" else None),
+                 ("generator", self.models.generator), ("embedder", self.models.embedder),
+                 ("baseline_embedder", self.models.baseline_embedder)]
+        return [(role, name) for role, name in named if name]
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
@@ -399,10 +407,10 @@ def _walk(data: Any, prefix: str = ""):
             yield from _walk(v, path)
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge_dicts(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -460,7 +468,7 @@ def load_profile(profile: str | Path) -> Config:
     chain = _chain(path)
     merged: dict = {}
     for _, data in chain:
-        merged = _merge(merged, data)
+        merged = merge_dicts(merged, data)
     merged.setdefault("name", path.stem)
     return _validate(merged, chain)
 

@@ -31,6 +31,9 @@ PAPER_SYNTHETIC = 920_415  # examples after dedup (Table 6); the E5-style pipeli
 E5_EXAMPLES = 500_000
 
 
+STAGE_OF = {"brainstorm": 1, "seed": 2, "judge": 4, "revision": 5, "quality": 5}  # the stage making each kind of call
+
+
 def kind_of(tag: str) -> str:
     """What a request was for, from its prompt id."""
     for prefix, kind in (("judge-", "judge"), ("rev-", "revision"), ("q-pair-", "quality"), ("q-rev-", "quality")):

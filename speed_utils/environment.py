@@ -29,12 +29,7 @@ def assemble_models(cfg: Config) -> list[dict]:
     """Fetch (offline: assemble and sha256-check) every model the profile names."""
     online = cfg.use_hub()
     rows = []
-    wanted = [("teacher", cfg.teacher.model if cfg.teacher.backend == "llamacpp" else None),
-              ("generator", cfg.models.generator), ("embedder", cfg.models.embedder),
-              ("baseline_embedder", cfg.models.baseline_embedder)]
-    for role, name in wanted:
-        if name is None:
-            continue
+    for role, name in cfg.named_models():
         m = assets.spec(name)
         row = {"role": role, **assets.describe(name), "source": "hub" if online else "pypi"}
         if online:

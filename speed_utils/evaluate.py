@@ -386,6 +386,11 @@ def untrained_label(model: str) -> str:
     return f"{model} untrained"
 
 
+def released_label(model: str) -> str:
+    """The table label of an off-the-shelf embedder as published."""
+    return f"{model} (released)"
+
+
 def untrained_candidate(cfg) -> Candidate | None:
     """The embedder base as it comes, with the trained model's last-token pooling; None unless a causal LM."""
     from . import assets
@@ -409,7 +414,7 @@ def candidates(cfg, run) -> list[Candidate]:
         return [trained]
     out = [c for c in (untrained_candidate(cfg),) if c is not None] + [trained]
     if base:
-        out.append(Candidate(f"{base} (released)", assets.spec(base).hf_id, assets.st_folder(base, online=online),
+        out.append(Candidate(released_label(base), assets.spec(base).hf_id, assets.st_folder(base, online=online),
                              "encoder", False))
         if (run.models / "baseline").exists():
             out.append(Candidate(trained_label(base), f"speed-repro/{base}-speed", str(run.models / "baseline"),

@@ -353,7 +353,7 @@ def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until:
 def _expected(cfg: Config, run_paths: RunPaths, todo: list[int], force: bool) -> str:
     """Before a run: the wall time the stages still to run should take here, and what the teacher costs."""
     from .budget import estimate as wall_time, rates_for
-    from .cost import estimate as teacher_plan
+    from .cost import STAGE_OF, estimate as teacher_plan
 
     left = [n for n in todo if force or not marker_matches(run_paths, cfg, STAGES[n])[0]]
     if not left:
@@ -362,8 +362,7 @@ def _expected(cfg: Config, run_paths: RunPaths, todo: list[int], force: bool) ->
     seconds = sum(x.seconds for x in wall_time(cfg) if x.stage in left)
     when = (f"about {seconds / 60:.0f} min for {len(left)} stage(s) on this machine (speed-repro estimate --profile "
             f"{cfg.name})") if measured else f"{len(left)} stage(s) (no measured rates for this profile's hardware)"
-    stage_of = {"brainstorm": 1, "seed": 2, "judge": 4, "revision": 5, "quality": 5}  # who makes each kind of call
-    teacher = [r for r in teacher_plan(cfg) if stage_of.get(r["kind"]) in left]
+    teacher = [r for r in teacher_plan(cfg) if STAGE_OF.get(r["kind"]) in left]
     calls, usd = sum(r["calls"] for r in teacher), sum(r["usd_max"] for r in teacher)
     money = "on the local llama.cpp server, at no cost" if cfg.teacher.backend == "llamacpp" else \
         f"at most ${usd:,.2f} at {cfg.teacher.model}'s list prices (params/prices.yaml)"
@@ -671,13 +670,13 @@ def sweep(spec_path: str | Path, runs_dir: Path | None = None, donors: Sequence[
     """
     import yaml
 
-    from .config import _merge
+    from .config import merge_dicts
 
     spec = load_sweep(spec_path)
     root = Path(runs_dir or RESULTS_DIR) / spec["name"]
     profiles = {}
     for name, over in spec["points"].items():  # validate every point before running any
-        text = yaml.safe_dump({"extends": spec["profile"], **_merge(spec.get("set") or {}, over)}, sort_keys=False)
+        text = yaml.safe_dump({"extends": spec["profile"], **merge_dicts(spec.get("set") or {}, over)}, sort_keys=False)
         prof = root / "profiles" / f"{name}.yaml"
         if not prof.exists() or prof.read_text() != text:
             atomic_write_text(prof, text)

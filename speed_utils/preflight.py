@@ -38,10 +38,7 @@ class Check:
 
 def _named_models(cfg: Config) -> list[tuple[str, str]]:
     """(role, model name) of every model the profile loads (an API teacher is not one)."""
-    names = [("teacher", cfg.teacher.model if cfg.teacher.backend == "llamacpp" else None),
-             ("generator", cfg.models.generator), ("embedder", cfg.models.embedder),
-             ("baseline_embedder", cfg.models.baseline_embedder)]
-    return [(role, n) for role, n in names if n and assets.spec(n).kind != "api"]
+    return [(role, n) for role, n in cfg.named_models() if assets.spec(n).kind != "api"]
 
 
 def hub_models(cfg: Config) -> list[tuple[str, str]]:

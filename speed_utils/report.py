@@ -88,13 +88,17 @@ def summary(run: RunPaths, wall_s: float | None = None) -> str:
     """The end of a run, in a few lines: the report, the three numbers, what to run next."""
     lines = [f"report: {run.root / 'report.html'}"]
     avg = _marker(run, 8).get("metrics", {}).get("sts_average", {})
-    if avg:
-        trained = next((v for k, v in avg.items() if "+ our data" in k and "minilm" not in k.lower()), None)
-        untrained = next((v for k, v in avg.items() if k.endswith("untrained")), None)
-        minilm = next((v for k, v in avg.items() if "(released)" in k), None)
-        lines.append("embedder, STS average (95% interval): trained " + " vs ".join(
-            f"{name} {v[0]:.1f} [{v[1]:.1f}, {v[2]:.1f}]" for name, v in
-            (("", trained), ("untrained", untrained), ("MiniLM as released", minilm)) if v).strip())
+    if avg and run.config.exists():
+        from .config import load_run_config
+        from .evaluate import released_label, trained_label, untrained_label
+
+        models = load_run_config(run.config).models
+        rows = [(f"{models.embedder} trained", avg.get(trained_label(models.embedder))),
+                ("untrained", avg.get(untrained_label(models.embedder))),
+                (f"{models.baseline_embedder} as released",
+                 avg.get(released_label(models.baseline_embedder)) if models.baseline_embedder else None)]
+        lines.append("embedder, STS average (95% interval): " + " vs ".join(
+            f"{name} {v[0]:.1f} [{v[1]:.1f}, {v[2]:.1f}]" for name, v in rows if v))
     cost = _marker(run, 10).get("metrics", {})
     if cost:
         lines.append(f"teacher: {cost.get('calls', 0)} calls in this run; " + _h10(cost).split("; ", 1)[-1])

@@ -85,11 +85,14 @@ def test_the_terminal_is_quiet_and_the_run_ends_with_a_report_and_a_summary(smok
     after; papermill's cell chatter and the kernels' messages only in logs/; a report.html with every figure."""
     runs, run, proc = smoke_run
     seen = proc.stdout + proc.stderr
-    for noise in ("Executing Cell", "Ending Cell", "Input Notebook", "Output Notebook", "Kernel is running over TCP"):
+    for noise in ("Executing Cell", "Ending Cell", "Input Notebook", "Output Notebook", "Kernel is running over TCP",
+                  "Computing widget examples"):
         assert noise not in seen, noise
     assert "expected: about" in proc.stdout and "at no cost" in proc.stdout  # before: time and teacher cost
     assert all(f"stage {n:02d} {st.name}: done in" in proc.stdout for n, st in pipeline.STAGES.items())
-    assert f"report: {run / 'report.html'}" in proc.stdout and "embedder, STS average" in proc.stdout
+    assert f"report: {run / 'report.html'}" in proc.stdout
+    said = next(line for line in proc.stdout.splitlines() if line.startswith("embedder, STS average"))
+    assert all(f"{who} " in said for who in ("smollm2-135m-instruct trained", "untrained", "all-minilm-l6-v2 as released"))
     assert "Executing Cell" in (run / "logs/00_environment.papermill.log").read_text()  # the chatter is kept, apart
     page = (run / "report.html").read_text()
     figures = sorted((run / "figures").glob("*.png"))
@@ -123,7 +126,8 @@ def test_smoke_run_synthesizes_trains_evaluates_and_reports(smoke_run):
         assert math.isfinite(r["score"]) and r["score"] == pytest.approx(100 * main[0], abs=0.006), r  # 2 decimals
     cosines = json.loads((run / "data/sts_pairs.json").read_text())["models"]  # every pair's cosine, per model
     trained, untrained = cosines["smollm2-135m-instruct + our data"], cosines["smollm2-135m-instruct untrained"]
-    assert sum(a != b for a, b in zip(trained["STS13"], untrained["STS13"])) > len(trained["STS13"]) // 2  # it moved
+    moved = [abs(a - b) > 1e-3 for a, b in zip(trained["STS13"], untrained["STS13"])]  # rounding moves them by < 1e-6
+    assert sum(moved) > len(moved) // 2  # training moved most pairs' cosines (lr 1e-12 moves none: checked, issue 20)
     intervals = {(r["label"], r["task"]): r for r in read_jsonl(run / "data/score_intervals.jsonl")}
     for r in scores:  # every STS score carries its bootstrap interval, around mteb's own score
         if r["type"] == "STS":
