@@ -9,6 +9,9 @@ own dtype choice (speed_utils.precision) is what is measured, on the same rows, 
 * scores (only with ``--only scores --run RUN``): the run's SmolLM2 embedders, untrained and trained,
   scored by mteb on the profile's STS sets (STS12-15, SICK-R, the profile's row limit) in each dtype.
 
+``--malloc`` compares instead glibc's malloc on 4 KiB pages and on transparent huge pages (the
+runner's ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``) for the SFT and contrastive steps.
+
 Prints seconds per step (texts/s for encoding) of both sides and the ratio fp32 / bf16 (target
 >= 2 for the steps on a CPU with bf16 matrix units); for scores, each task's score in both dtypes and
 the difference. Usage: python benchmarks/precision.py [--steps 2] [--only scores --run results/runs/cpu]
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -101,6 +105,32 @@ def scores(a) -> dict:
     return {"scores": out, "dtype": dtype_name(), "limit": cfg.evaluate.limit}
 
 
+def side(a, task: str, env: dict) -> dict:
+    """One side: ``task`` in a process of its own with ``env`` set; its result and its system CPU seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run([sys.executable, __file__, "--task", task, "--steps", str(a.steps), "--batch", str(a.batch),
+                           "--mini", str(a.mini), "--texts", str(a.texts), "--run", a.run], capture_output=True, text=True,
+                          env={**os.environ, **env})
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    line = [x for x in proc.stdout.splitlines() if x.startswith(RESULT_PREFIX)]
+    if proc.returncode or not line:
+        raise SystemExit(proc.stderr[-3000:])
+    out = {**json.loads(line[-1][len(RESULT_PREFIX):]), "user_s": round(after.ru_utime - before.ru_utime, 1),
+           "system_s": round(after.ru_stime - before.ru_stime, 1)}
+    print(f"  {task} {env}: {out}", flush=True)
+    return out
+
+
+def malloc(a) -> None:
+    """Training steps in the package's dtype with glibc's malloc on 4 KiB pages and on transparent huge pages
+    (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, which the runner gives every stage kernel)."""
+    for task in a.only or ("sft", "contrastive"):
+        sides = {name: side(a, task, {"GLIBC_TUNABLES": tunables})
+                 for name, tunables in (("4k", ""), ("huge", "glibc.malloc.hugetlb=1"))}
+        report(f"malloc: {task} step time (4 KiB pages / huge pages)", sides["4k"]["s_per_step"] / sides["huge"]["s_per_step"],
+               {**sides, "steps": a.steps, **machine()}, target="> 1")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=2)
@@ -110,22 +140,17 @@ def main() -> None:
     ap.add_argument("--only", choices=(*TASKS, "scores"), action="append")
     ap.add_argument("--task", choices=(*TASKS, "scores"))
     ap.add_argument("--run", default="results/runs/cpu", help="the run whose embedders --only scores evaluates")
+    ap.add_argument("--malloc", action="store_true", help="instead of the dtypes, compare glibc's malloc on 4 KiB pages "
+                                                          "and on huge pages, in the package's dtype")
     a = ap.parse_args()
     if a.task:
         out = globals()[a.task](a)
         print(RESULT_PREFIX + json.dumps({**out, "peak_rss_mb": round(peak_rss_mb())}))
         return
+    if a.malloc:
+        return malloc(a)
     for task in a.only or TASKS:
-        sides = {}
-        for dtype in ("fp32", "bf16"):
-            proc = subprocess.run([sys.executable, __file__, "--task", task, "--steps", str(a.steps), "--batch", str(a.batch),
-                                   "--mini", str(a.mini), "--texts", str(a.texts), "--run", a.run], capture_output=True, text=True,
-                                  env={**os.environ, "SPEED_REPRO_DTYPE": dtype})
-            line = [x for x in proc.stdout.splitlines() if x.startswith(RESULT_PREFIX)]
-            if proc.returncode or not line:
-                raise SystemExit(proc.stderr[-3000:])
-            sides[dtype] = json.loads(line[-1][len(RESULT_PREFIX):])
-            print(f"  {task} {dtype}: {sides[dtype]}", flush=True)
+        sides = {dtype: side(a, task, {"SPEED_REPRO_DTYPE": dtype}) for dtype in ("fp32", "bf16")}
         if task == "scores":
             diffs = {label: {t: round(sides["bf16"]["scores"][label][t] - v, 2) for t, v in per_task.items()}
                      for label, per_task in sides["fp32"]["scores"].items()}

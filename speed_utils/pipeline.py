@@ -33,7 +33,11 @@ KERNEL_NAME = "speed-repro"  # pinned; registered in the venv by `make setup` or
 
 # Variables every stage kernel gets unless the caller set them (toolchain.md, "Recommendations").
 KERNEL_ENV = {"TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-              "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
+              "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "PYTHONWARNINGS": "ignore::FutureWarning",
+              # glibc >= 2.35 backs malloc's large chunks with transparent huge pages: torch's CPU training
+              # allocates and frees GBs a step, and 4 KiB page faults took a quarter of an SFT step's CPU time
+              # (benchmarks/precision.py --task sft, 2026-12-02: system time 80 -> 42 s, 94 -> 81 s a step)
+              "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
 @dataclass(frozen=True)
@@ -352,16 +356,19 @@ def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until:
 
 def _expected(cfg: Config, run_paths: RunPaths, todo: list[int], force: bool) -> str:
     """Before a run: the wall time the stages still to run should take here, and what the teacher costs."""
-    from .budget import estimate as wall_time, rates_for
+    from .budget import estimate as wall_time, in_words, rates_for, slower_here
     from .cost import STAGE_OF, estimate as teacher_plan
 
     left = [n for n in todo if force or not marker_matches(run_paths, cfg, STAGES[n])[0]]
     if not left:
         return "every stage is up to date: nothing to do but the report"
-    measured = "no params/rates-" not in rates_for(cfg)["machine"]  # rates measured for this profile's machine
-    seconds = sum(x.seconds for x in wall_time(cfg) if x.stage in left)
-    when = (f"about {seconds / 60:.0f} min for {len(left)} stage(s) on this machine (speed-repro estimate --profile "
-            f"{cfg.name})") if measured else f"{len(left)} stage(s) (no measured rates for this profile's hardware)"
+    rates = rates_for(cfg)
+    seconds = sum(x.seconds for x in wall_time(cfg) if x.stage in left) * (slower_here(rates) or 1.0)
+    where = (f"on one {rates['gpu']} (published rates)" if rates.get("gpu") else
+             "on this CPU, which has no bf16 units (fp32)" if slower_here(rates) else "on this machine")
+    when = (f"about {in_words(seconds)} for {len(left)} stage(s) {where} (speed-repro estimate --profile {cfg.name})"
+            if "no params/rates-" not in rates["machine"]
+            else f"{len(left)} stage(s) (no rates for this profile's hardware)")
     teacher = [r for r in teacher_plan(cfg) if STAGE_OF.get(r["kind"]) in left]
     calls, usd = sum(r["calls"] for r in teacher), sum(r["usd_max"] for r in teacher)
     money = "on the local llama.cpp server, at no cost" if cfg.teacher.backend == "llamacpp" else \
@@ -525,7 +532,7 @@ def plan_memory(profile: str, log=print) -> int:
     return 0
 
 
-def estimate(profile: str, log=print) -> int:
+def estimate(profile: str, log=print, gpu: str | None = None) -> int:
     """Print the teacher calls, tokens and $ a profile will need, before any money is spent."""
     from .cost import estimate as plan, prices
 
@@ -545,10 +552,16 @@ def estimate(profile: str, log=print) -> int:
     guard = cfg.teacher.max_calls
     if guard is not None and total["calls"] > guard:
         log(f"warning: teacher.max_calls={guard} is below the {total['calls']:,} calls planned; the run will stop there")
-    from .budget import estimate as wall_time, rates_for, table
+    from .budget import colab_line, estimate as wall_time, gpus_for, hardware_line, rates_for, table
 
-    log(f"\nwall time on {rates_for(cfg)['machine']} (rates: params/rates-*.yaml; measured per stage: logs/timings.jsonl)")
-    log(table(wall_time(cfg)))
+    rates, rows = rates_for(cfg, gpu), wall_time(cfg, gpu)
+    log(f"\nwall time on {rates['machine']} (rates: params/rates-*.yaml; measured per stage: logs/timings.jsonl)")
+    log(table(rows))
+    for line in (colab_line(rates, rows), hardware_line(rates, rows)):
+        if line:
+            log(line)
+    if len(gpus_for(cfg)) > 1:
+        log(f"other cards: --gpu {' | '.join(g for g in gpus_for(cfg) if g != rates.get('gpu'))}")
     return 0
 
 
@@ -755,6 +768,8 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--profile", default="gpu-24gb")
     e = sub.add_parser("estimate", help="pre-flight: expected teacher calls, tokens and $ of a profile")
     e.add_argument("--profile", default="cpu")
+    e.add_argument("--gpu", default=None, help="the card to estimate the wall time on, where the profile's rates "
+                                               "file lists several (params/rates-gpu-24gb.yaml: L4, A100-40GB)")
     n = sub.add_parser("snapshot", help="copy a run's small results (markers, figures, tables) to a folder")
     n.add_argument("run_dir", type=Path)
     n.add_argument("dest", type=Path)
@@ -794,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "plan":
             return plan_memory(a.profile)
         if a.cmd == "estimate":
-            return estimate(a.profile)
+            return estimate(a.profile, gpu=a.gpu)
         if a.cmd == "synthesize":
             return synthesize(a.profile, a.run_id, a.shard, a.runs_dir)
         return _models(a.action, a.names)
