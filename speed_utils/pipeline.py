@@ -389,6 +389,8 @@ def _quiet(kernel_log, papermill_log: Path, quiet: bool):
     with open(papermill_log, "a") as chatter:
         to_file, to_terminal = logging.StreamHandler(chatter), logging.StreamHandler(sys.stdout)
         to_terminal.setLevel(logging.WARNING)
+        to_terminal.terminator = ""  # the stage's stderr as it came: a progress bar redraws its line with \r, and a
+        # newline after each chunk printed every redraw on a line of its own (a smoke run: 110 such lines)
         for h in (to_file, to_terminal):
             h.setFormatter(logging.Formatter("%(message)s"))
         pm.setLevel(logging.INFO)

@@ -88,6 +88,8 @@ def test_the_terminal_is_quiet_and_the_run_ends_with_a_report_and_a_summary(smok
     for noise in ("Executing Cell", "Ending Cell", "Input Notebook", "Output Notebook", "Kernel is running over TCP",
                   "Computing widget examples"):
         assert noise not in seen, noise
+    bars = [line for line in proc.stdout.split("\n") if line.strip("\r").startswith("01 brainstorm:")]
+    assert len(bars) == 1 and bars[0].count("\r") >= 2, bars  # a progress bar redraws its one line, as in a terminal
     assert "expected: about" in proc.stdout and "at no cost" in proc.stdout  # before: time and teacher cost
     assert all(f"stage {n:02d} {st.name}: done in" in proc.stdout for n, st in pipeline.STAGES.items())
     assert f"report: {run / 'report.html'}" in proc.stdout
