@@ -44,13 +44,24 @@ def rates_for(cfg: Config, gpu: str | None = None) -> dict:
     for name in lineage(cfg.name):
         path = resolve_path(f"params/rates-{name}.yaml")
         if path.is_file():
-            return _card(yaml.safe_load(Path(path).read_text()), path, gpu)
+            return _same_models(cfg, _card(yaml.safe_load(Path(path).read_text()), path, gpu))
     if gpu:
         raise ConfigError(f"--gpu {gpu}: no params/rates-*.yaml of profile {cfg.name} or those it extends "
                           "lists rates per GPU")
     rates = yaml.safe_load(resolve_path("params/rates-cpu.yaml").read_text())
     return {**rates, "machine": f"{rates['machine']} (no params/rates-{cfg.name}.yaml: the cpu machine's rates, "
                                 f"not this profile's hardware)"}
+
+
+def _same_models(cfg: Config, rates: dict) -> dict:
+    """The rates as they are if measured with the profile's models (``models:`` of the rates file), else
+    marked: a profile that extends another with smaller models (smoke) runs at other speeds."""
+    mine = dict(cfg.named_models())
+    other = [f"{role} {mine.get(role)}" for role, name in (rates.get("models") or {}).items() if mine.get(role) != name]
+    if not other:
+        return rates
+    return {**rates, "other_models": other,
+            "machine": f"{rates['machine']} (measured with other models than this profile's {', '.join(other)})"}
 
 
 def gpus_for(cfg: Config) -> list[str]:

@@ -367,8 +367,8 @@ def _expected(cfg: Config, run_paths: RunPaths, todo: list[int], force: bool) ->
     where = (f"on one {rates['gpu']} (published rates)" if rates.get("gpu") else
              "on this CPU, which has no bf16 units (fp32)" if slower_here(rates) else "on this machine")
     when = (f"about {in_words(seconds)} for {len(left)} stage(s) {where} (speed-repro estimate --profile {cfg.name})"
-            if "no params/rates-" not in rates["machine"]
-            else f"{len(left)} stage(s) (no rates for this profile's hardware)")
+            if "no params/rates-" not in rates["machine"] and not rates.get("other_models")
+            else f"{len(left)} stage(s) (no rates measured for this profile's hardware and models)")
     teacher = [r for r in teacher_plan(cfg) if STAGE_OF.get(r["kind"]) in left]
     calls, usd = sum(r["calls"] for r in teacher), sum(r["usd_max"] for r in teacher)
     money = "on the local llama.cpp server, at no cost" if cfg.teacher.backend == "llamacpp" else \

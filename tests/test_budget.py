@@ -72,3 +72,26 @@ def test_a_cpu_without_bf16_units_is_told_to_expect_longer(monkeypatch):
     assert budget.slower_here(rates) == factor > 1
     assert f"expect about {budget.in_words(factor * total)}" in budget.hardware_line(rates, rows)
     assert budget.slower_here(budget.rates_for(load_profile("gpu-24gb"))) is None  # a GPU profile's rates are per card
+
+
+def test_rates_measured_with_other_models_are_marked():
+    assert "other_models" not in budget.rates_for(load_profile("cpu"))
+    assert "other_models" not in budget.rates_for(load_profile("study"))  # extends cpu, the same models
+    smoke = budget.rates_for(load_profile("smoke"))  # extends cpu with SmolLM2-135M as teacher and generator
+    assert smoke["other_models"] == ["teacher smollm2-135m-instruct", "generator smollm2-135m-instruct"]
+    assert "measured with other models" in smoke["machine"]
+
+
+def test_the_line_before_a_run_gives_the_time_only_where_rates_fit(tmp_path, monkeypatch):
+    from speed_utils import pipeline, precision
+    from speed_utils.runs import RunPaths
+
+    run = RunPaths(tmp_path / "run")
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ("amx_bf16",))
+    cpu = pipeline._expected(load_profile("cpu"), run, list(range(12)), False)
+    minutes = sum(x.seconds for x in budget.estimate(load_profile("cpu"))) / 60
+    assert cpu.startswith(f"expected: about {minutes:.0f} min for 12 stage(s) on this machine") and "at no cost" in cpu
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ())
+    assert "on this CPU, which has no bf16 units" in pipeline._expected(load_profile("cpu"), run, list(range(12)), False)
+    smoke = pipeline._expected(load_profile("smoke"), run, list(range(12)), False)
+    assert smoke.startswith("expected: 12 stage(s) (no rates measured") and "min" not in smoke

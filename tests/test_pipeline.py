@@ -90,7 +90,8 @@ def test_the_terminal_is_quiet_and_the_run_ends_with_a_report_and_a_summary(smok
         assert noise not in seen, noise
     bars = [line for line in proc.stdout.split("\n") if line.strip("\r").startswith("01 brainstorm:")]
     assert len(bars) == 1 and bars[0].count("\r") >= 2, bars  # a progress bar redraws its one line, as in a terminal
-    assert "expected: about" in proc.stdout and "at no cost" in proc.stdout  # before: time and teacher cost
+    assert "expected: 12 stage(s) (no rates measured for this profile" in proc.stdout  # smoke: other models than the rates
+    assert "at no cost" in proc.stdout  # before the run: the teacher's cost
     assert all(f"stage {n:02d} {st.name}: done in" in proc.stdout for n, st in pipeline.STAGES.items())
     assert f"report: {run / 'report.html'}" in proc.stdout
     said = next(line for line in proc.stdout.splitlines() if line.startswith("embedder, STS average"))
