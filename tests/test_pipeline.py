@@ -27,8 +27,12 @@ CANARY = "sk-canary-" + "5" * 30  # an API key in the environment must never rea
 
 
 def cli(*args, timeout=900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "speed_utils.pipeline", *args], capture_output=True, text=True,
+    """The command line as a terminal gets it: bytes decoded without universal newlines (which would turn a
+    progress bar's \r redraws into lines of their own)."""
+    proc = subprocess.run([sys.executable, "-m", "speed_utils.pipeline", *args], capture_output=True,
                           timeout=timeout, cwd=REPO, env={**os.environ, "OPENAI_API_KEY": CANARY})
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(errors="replace"),
+                                       proc.stderr.decode(errors="replace"))
 
 
 def fresh_calls(run: Path, stage: str | None = None) -> list[dict]:
