@@ -329,8 +329,7 @@ def save_trained(st, accelerator, out_dir: Path, lora: bool, lora_cfg: LoraCfg, 
 
 def save(st, out_dir: Path) -> None:
     """Save a sentence-transformers folder atomically (a sibling ``.part`` folder, then a rename). No model
-    card: the run's config and stage 07's marker record how it was trained, and the card's widget examples
-    printed progress bars into the run's terminal."""
+    card: the run's config and stage 07's marker record how it was trained."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
