@@ -41,10 +41,9 @@ def rates_for(cfg: Config, gpu: str | None = None) -> dict:
     """The rates file of the profile or of the nearest profile it extends (``study`` runs on the cpu
     machine), else the cpu machine's, marked so: its times do not fit a GPU. A GPU profile's file holds
     rates per card (``gpus:``); ``gpu`` names one (default: the file's first)."""
-    for name in lineage(cfg.name):
-        path = resolve_path(f"params/rates-{name}.yaml")
-        if path.is_file():
-            return _same_models(cfg, _card(yaml.safe_load(Path(path).read_text()), path, gpu))
+    path = _rates_file(cfg)
+    if path:
+        return _same_models(cfg, _card(yaml.safe_load(path.read_text()), path, gpu))
     if gpu:
         raise ConfigError(f"--gpu {gpu}: no params/rates-*.yaml of profile {cfg.name} or those it extends "
                           "lists rates per GPU")
@@ -64,13 +63,15 @@ def _same_models(cfg: Config, rates: dict) -> dict:
             "machine": f"{rates['machine']} (measured with other models than this profile's {', '.join(other)})"}
 
 
+def _rates_file(cfg: Config) -> Path | None:
+    """``params/rates-<name>.yaml`` of the profile or of the nearest profile it extends."""
+    return next((p for p in (resolve_path(f"params/rates-{name}.yaml") for name in lineage(cfg.name)) if p.is_file()), None)
+
+
 def gpus_for(cfg: Config) -> list[str]:
     """The cards the profile's rates file has rates for (none for a CPU profile)."""
-    for name in lineage(cfg.name):
-        path = resolve_path(f"params/rates-{name}.yaml")
-        if path.is_file():
-            return list(yaml.safe_load(path.read_text()).get("gpus") or ())
-    return []
+    path = _rates_file(cfg)
+    return list(yaml.safe_load(path.read_text()).get("gpus") or ()) if path else []
 
 
 def _card(rates: dict, path: Path, gpu: str | None) -> dict:

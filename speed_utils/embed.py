@@ -328,12 +328,11 @@ def save_trained(st, accelerator, out_dir: Path, lora: bool, lora_cfg: LoraCfg, 
 
 
 def save(st, out_dir: Path) -> None:
-    """Save a sentence-transformers folder atomically (a sibling ``.part`` folder, then a rename). No model
-    card: the run's config and stage 07's marker record how it was trained."""
+    """Save a sentence-transformers folder atomically (a sibling ``.part`` folder, then a rename)."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
-    st.save(str(tmp), create_model_card=False)
+    st.save(str(tmp))
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
 

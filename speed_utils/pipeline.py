@@ -363,9 +363,10 @@ def _expected(cfg: Config, run_paths: RunPaths, todo: list[int], force: bool) ->
     if not left:
         return "every stage is up to date: nothing to do but the report"
     rates = rates_for(cfg)
-    seconds = sum(x.seconds for x in wall_time(cfg) if x.stage in left) * (slower_here(rates) or 1.0)
+    factor = slower_here(rates)
+    seconds = sum(x.seconds for x in wall_time(cfg) if x.stage in left) * (factor or 1.0)
     where = (f"on one {rates['gpu']} (published rates)" if rates.get("gpu") else
-             "on this CPU, which has no bf16 units (fp32)" if slower_here(rates) else "on this machine")
+             "on this CPU, which has no bf16 units (fp32)" if factor else "on this machine")
     when = (f"about {in_words(seconds)} for {len(left)} stage(s) {where} (speed-repro estimate --profile {cfg.name})"
             if "no params/rates-" not in rates["machine"] and not rates.get("other_models")
             else f"{len(left)} stage(s) (no rates measured for this profile's hardware and models)")
@@ -562,8 +563,9 @@ def estimate(profile: str, log=print, gpu: str | None = None) -> int:
     for line in (colab_line(rates, rows), hardware_line(rates, rows)):
         if line:
             log(line)
-    if len(gpus_for(cfg)) > 1:
-        log(f"other cards: --gpu {' | '.join(g for g in gpus_for(cfg) if g != rates.get('gpu'))}")
+    others = [g for g in gpus_for(cfg) if g != rates.get("gpu")]
+    if others:
+        log(f"other cards: --gpu {' | '.join(others)}")
     return 0
 
 
