@@ -126,6 +126,17 @@ def training_data(rows: Sequence[dict]):
     return DatasetDict(parts)
 
 
+def card_widget(rows: Sequence[dict]) -> list[dict]:
+    """The saved model card's example: the shortest training row, query first.
+
+    Set before the trainer starts, so sentence-transformers neither samples its own examples (with
+    the global ``random`` state) nor draws a "Computing widget examples" bar in the terminal.
+    """
+    r = min(rows, key=lambda r: len(r["query"]) + len(r["positive"]) + len(r.get("negative") or ""))
+    return [{"source_sentence": query_text(r["instruction"], r["query"]),
+             "sentences": [t for t in (r["positive"], r.get("negative")) if t]}]
+
+
 # ---------------------------------------------------------------- training
 @dataclass
 class EmbedResult:
@@ -203,6 +214,7 @@ def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, s
         **amp_flags(on_gpu), use_cpu=not on_gpu, gradient_checkpointing=ec.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, save_strategy="no",
         report_to="none", dataloader_num_workers=0, disable_tqdm=True)
+    st.model_card_data.widget = card_widget(rows)
     trainer = SentenceTransformerTrainer(model=st, args=args, train_dataset=training_data(rows), loss=loss,
                                          callbacks=[*(callbacks or []), step_logger()])
     train_seconds = trainer.train().metrics["train_runtime"]

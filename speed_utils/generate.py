@@ -177,9 +177,11 @@ class Generator:
                  "max_tokens": r.max_new_tokens, "seed": r.seed, **({"json_schema": r.json_schema} if r.json_schema else {})}
                 for r in reqs]
 
-    def generate(self, reqs: Sequence[GenRequest], desc: str = "generate",
+    def generate(self, reqs: Sequence[GenRequest], desc: str | None = "generate",
                  journal: Path | None = None) -> list[list[str]]:
         """``n`` completions per request, in request order.
+
+        ``desc`` names the progress bar; ``None`` shows none (a caller with its own bar over many calls).
 
         ``journal`` (every engine; vLLM answers up to :data:`VLLM_CALL_ROWS` rows a call): a JSONL
         file where each finished batch of rows is appended, keyed by its requests and
@@ -199,7 +201,7 @@ class Generator:
             for (i, k), text in zip(chunks[j], done[keys[j]]):
                 out[i].append((k, text))
         bar = tqdm(total=sum(map(len, chunks)), initial=sum(len(chunks[j]) for j in finished),
-                   desc=desc, unit="seq", mininterval=2.0, file=sys.stderr)
+                   desc=desc, unit="seq", mininterval=2.0, file=sys.stderr, disable=desc is None)
         t0 = time.monotonic()
         todo = [j for j in range(len(chunks)) if j not in finished]
         for j, texts in self._run(reqs, chunks, todo):

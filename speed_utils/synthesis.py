@@ -163,7 +163,8 @@ def make_chunks(cfg: Config, run: RunPaths, shard: Shard = Shard(), base_model: 
                 write_jsonl(chunk_path(folder, j), rows)  # atomic: the chunk exists whole or not at all
                 done += len(rows)
                 bar.update(len(rows))
-                bar.set_postfix(ex_s=f"{done / (time.monotonic() - t1):.2f}", valid=f"{valid / done:.0%}", refresh=False)
+                bar.set_postfix(ex_s=f"{done / (time.monotonic() - t1):.2f}", valid=f"{valid / done:.0%}",
+                                tok_s=f"{gen.tokens_out / (time.monotonic() - t1):.1f}", refresh=False)
             bar.close()
             tokens += gen.tokens_out
     return {**stats, "seconds": round(time.monotonic() - t0, 1), "tokens_out": tokens}
@@ -176,7 +177,7 @@ def write_chunk(cfg: Config, chunk: list[Prompt], first_index: int, writer: Gene
     reqs = [GenRequest(p.text, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
                        seed=request_seed(cfg.run.seed, p.id),
                        json_schema=generator_schema(p.task_type) if structured else None) for p in chunk]
-    raw = [o[0] for o in writer.generate(reqs, desc="writer")]
+    raw = [o[0] for o in writer.generate(reqs, desc=None)]
     return [{"index": first_index + i, "prompt_id": p.id, "prompt": p.text, "task_type": p.task_type, "task": p.task,
              "topic": p.topic, "attributes": p.attributes, "generator": s.generator, "raw": text}
             for i, (p, text) in enumerate(zip(chunk, raw))]
@@ -190,7 +191,7 @@ def revise_chunk(cfg: Config, written: list[dict], revisor: Generator) -> list[d
                        seed=request_seed(cfg.run.seed, f"rev-{r['prompt_id']}"),
                        json_schema=generator_schema(r["task_type"], revise=True) if cfg.generation.structured_output
                        else None) for r in written]
-    out = [o[0] for o in revisor.generate(reqs, desc="revisor")]
+    out = [o[0] for o in revisor.generate(reqs, desc=None)]
     return [{"index": r["index"], "task_type": r["task_type"], "revisor_raw": text} for r, text in zip(written, out)]
 
 

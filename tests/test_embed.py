@@ -64,6 +64,9 @@ def test_training_lowers_the_loss_changes_lora_and_reloads(tiny_lm, tmp_path):
     assert np.allclose(reloaded.encode(texts), st.encode(texts), atol=1e-5)
     assert reloaded.prompts["query"].startswith("Instruct: ") and reloaded[1].pooling_mode == "lasttoken"
     assert not any("lora" in k for k in reloaded.state_dict())  # merged into a plain model
+    card = (tmp_path / "emb" / "README.md").read_text()
+    shortest = min(ROWS, key=lambda r: len(r["query"]) + len(r["positive"]) + len(r.get("negative") or ""))
+    assert shortest["positive"] in card  # the card's example is ours, not one sentence-transformers sampled
 
 
 def test_plain_loss_when_not_mini_batched(tiny_lm):

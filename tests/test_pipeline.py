@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -94,6 +95,9 @@ def test_the_terminal_is_quiet_and_the_run_ends_with_a_report_and_a_summary(smok
         assert noise not in seen, noise
     bars = [line for line in proc.stdout.split("\n") if line.strip("\r").startswith("01 brainstorm:")]
     assert len(bars) == 1 and bars[0].count("\r") >= 2, bars  # a progress bar redraws its one line, as in a terminal
+    assert "Computing widget examples" not in seen  # stage 07 sets its model card's example itself
+    inner = [part for part in re.split(r"[\r\n]", seen) if part.startswith(("writer:", "revisor:"))]
+    assert not inner, inner  # stage 06: its own bar per pass, not one more per batch of requests
     assert "expected: 12 stage(s) (no rates measured for this profile" in proc.stdout  # smoke: other models than the rates
     assert "at no cost" in proc.stdout  # before the run: the teacher's cost
     assert all(f"stage {n:02d} {st.name}: done in" in proc.stdout for n, st in pipeline.STAGES.items())
