@@ -37,12 +37,12 @@ def step(name: str, cmd: list[str], timeout: int, env: dict | None = None) -> di
 def main() -> int:
     rows = [step("cuda visible", [PY, "-c", "import torch; assert torch.cuda.is_available(); "
                                         "print(torch.cuda.get_device_name(), torch.cuda.mem_get_info())"], 30)]
-    rows.append(step("pre-flight (gpu-smoke)", [PY, "-m", "speed_utils.pipeline", "validate", "gpu-smoke"], 30))
+    rows.append(step("pre-flight (gpu-smoke)", [PY, "-m", "speed_utils.cli", "validate", "gpu-smoke"], 30))
     eager = {"SPEED_REPRO_VLLM_EAGER": "1"}  # tiny models: no CUDA-graph capture, a quicker vLLM start
     rows.append(step("gpu tests", [PY, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/"], 120,
                      {"SPEED_REPRO_TEST_GPU": "1", **eager}))
     runs = tempfile.mkdtemp(prefix="gpu-check-")
-    rows.append(step("tiny end-to-end run (stages 00-07)", [PY, "-m", "speed_utils.pipeline", "run", "--profile",
+    rows.append(step("tiny end-to-end run (stages 00-07)", [PY, "-m", "speed_utils.cli", "run", "--profile",
                                                            "gpu-smoke", "--until", "7", "--runs-dir", runs], 270, eager))
     print(f"\n{'step':40s} {'result':6s} seconds")
     for r in rows:

@@ -36,7 +36,7 @@ def main() -> None:
                             if (p / "logs/timings.jsonl").exists()]
     if a.smoke:  # a fresh smoke run measured now, then the cpu run's stage times if it exists
         d = Path(tempfile.mkdtemp())
-        subprocess.run([sys.executable, "-m", "speed_utils.pipeline", "run", "--profile", "smoke", "--runs-dir", str(d),
+        subprocess.run([sys.executable, "-m", "speed_utils.cli", "run", "--profile", "smoke", "--runs-dir", str(d),
                         "--until", "10"], check=True, cwd=REPO)
         runs = [d / "smoke"] + [p for p in runs if p.name != "smoke"]
     for run in runs:

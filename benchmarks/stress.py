@@ -33,7 +33,7 @@ OUTPUTS = ["data/tasks.jsonl", "data/seed.jsonl", "data/rejects.jsonl", "data/ro
 
 
 def cli(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "speed_utils.pipeline", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-m", "speed_utils.cli", *args], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True, **kw)
 
 
@@ -134,7 +134,7 @@ def main() -> None:
         lost += len([r for r in want if r not in got])
     ledger = [r for r in rows(killed / "ledger.jsonl") if not r["cache_hit"]]
     keys = [r["key"] for r in ledger]
-    verify = subprocess.run([sys.executable, "-m", "speed_utils.pipeline", "verify", str(killed)], cwd=REPO,
+    verify = subprocess.run([sys.executable, "-m", "speed_utils.cli", "verify", str(killed)], cwd=REPO,
                             capture_output=True, text=True)
     summary = {"kills": len(kills), "kills_by_stage": {f"{st:02d} {ph}": sum(k["stage"] == st for k in kills)
                                                        for st, ph, _ in plan},

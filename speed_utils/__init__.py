@@ -1,10 +1,10 @@
 """speed-repro: a runnable, measured reproduction of SPEED (arXiv 2410.18634).
 
-One module per concern (see ``shared/docs/design.md``): ``config`` (profiles), ``runs`` (run
-folders, atomic writes, markers), ``assets`` (named models, offline assembly), ``teacher``
-(OpenAI-compatible client, cache, ledger, llama.cpp server), ``prompts`` and ``schema`` (SPEED's
-prompts and output checks), ``teacher_data`` (stages 01-02), ``environment`` (stage 00) and
-``pipeline`` (stage registry, papermill runner, command line).
+``cli`` is the command line, ``runner`` runs the stage notebooks with papermill (and stage 11's
+sweeps), ``registry`` holds the stages' contracts, ``StageContext`` and the done markers, and
+``stages/`` one module per stage with its ``run(ctx)``. Beneath them, the services, one per concern:
+``config``, ``runs``, ``assets``, ``teacher``, ``prompts``, ``schema``, ``generate``, ``train``,
+``embed``, ``evaluate``, ``cost`` and the rest (``docs/architecture.md`` has the map).
 """
 import logging
 import warnings

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from . import assets
 from .config import Config
-from .generate import GenRequest, Generator
+from .generate import Generator, GenRequest, backend_name
 from .prompts import Prompt, judge_prompt, revision_prompt
 from .runs import RunPaths, read_jsonl, write_jsonl
-from .schema import (generator_schema, json_schema, parse_example, parse_json, parse_judgement, parse_revision,
-                     response_format, revision_schema)
+from .schema import (generator_schema, parse_example, parse_json, parse_judgement, parse_revision, response_format,
+                     revision_schema)
 from .teacher import Teacher
 from .teacher_data import ask_teacher, seed_prompts
 from .train import TrainResult, dpo, sft
@@ -60,16 +60,15 @@ class _Sampling:
 
 # ---------------------------------------------------------------- 03 junior
 def train_junior(cfg: Config, run: RunPaths) -> TrainResult:
-    rows = [{"prompt": r["prompt"], "completion": as_completion(r["output"])} for r in read_jsonl(run.data / "seed.jsonl")]
+    rows = [{"prompt": r["prompt"], "completion": as_completion(r["output"])} for r in read_jsonl(run.file("seed"))]
     if not rows:
         raise ValueError(f"{run.data / 'seed.jsonl'} holds no valid example; stage 02 must produce some")
-    return sft(base_model(cfg), rows, run.adapters / "junior", cfg.junior, cfg.junior.max_length, cfg.run.seed)
+    return sft(base_model(cfg), rows, run.file("junior"), cfg.junior, cfg.junior.max_length, cfg.run.seed)
 
 
 # ---------------------------------------------------------------- generators
 def generation_engine(cfg: Config, base_override: str | None = None) -> str:
     """The engine that samples the generators: the profile's, or by hardware and whether the base has a GGUF."""
-    from .generate import backend_name
 
     if cfg.generation.backend != "auto":
         return cfg.generation.backend
@@ -110,12 +109,12 @@ def sample(cfg: Config, adapter, prompts: list[Prompt], n: int, temperature: flo
 def root_data(cfg: Config, run: RunPaths) -> list[dict]:
     """The junior's K samples for each held prompt (SPEED §3.2.3), written to ``root.jsonl``."""
     s = cfg.senior
-    prompts = seed_prompts(cfg, read_jsonl(run.data / "tasks.jsonl"), s.n_prompts, purpose="senior")
-    outs = sample(cfg, run.adapters / "junior", prompts, s.k_samples, s.temperature, "04 junior samples",
+    prompts = seed_prompts(cfg, read_jsonl(run.file("tasks")), s.n_prompts, purpose="senior")
+    outs = sample(cfg, run.file("junior"), prompts, s.k_samples, s.temperature, "04 junior samples",
                   run.generation_journal)
     rows = [{"id": p.id, "task_type": p.task_type, "task": p.task, "topic": p.topic, "prompt": p.text, "outputs": o}
             for p, o in zip(prompts, outs)]
-    write_jsonl(run.data / "root.jsonl", rows)
+    write_jsonl(run.file("root"), rows)
     return rows
 
 
@@ -156,7 +155,7 @@ def judge_root(cfg: Config, run: RunPaths, teacher: Teacher, root: list[dict]) -
             prompts.append(Prompt(id=pid, kind="judge", task_type=r["task_type"], task=r["task"], topic=r["topic"],
                                   text=judge_prompt(r["prompt"], [r["outputs"][i] for i in perm])))
             shown[pid] = (r["id"], perm)
-    kept, rejects = ask_teacher(teacher, prompts, _Sampling(JUDGE_MAX_TOKENS), cfg.run.seed, "04 teacher judges",
+    kept, rejects = ask_teacher(teacher, "judge", prompts, _Sampling(JUDGE_MAX_TOKENS), cfg.run.seed, "04 teacher judges",
                                 parse=lambda p, r: parse_judgement(r.content, k), schema=lambda p: fmt)
     verdicts: dict[str, list[dict]] = {}
     for p, _, parsed in kept:
@@ -170,8 +169,8 @@ def judge_root(cfg: Config, run: RunPaths, teacher: Teacher, root: list[dict]) -
             prefs.append({"id": row["id"], "task_type": row["task_type"], "prompt": row["prompt"],
                           "chosen": row["outputs"][v["best"]], "rejected": row["outputs"][v["worst"]],
                           "best": v["best"], "worst": v["worst"], "reason": v["reason"], "orders": n_orders})
-    write_jsonl(run.data / "prefs.jsonl", prefs)
-    write_jsonl(run.data / "prefs_rejects.jsonl", rejects)
+    write_jsonl(run.file("prefs"), prefs)
+    write_jsonl(run.file("prefs_rejects"), rejects)
     complete = [v for v in verdicts.values() if len(v) == n_orders]
     return {"lists": len(root), "judgements": len(prompts), "orders": n_orders, "pairs": len(prefs),
             "rejected": len(rejects), "reject_reasons": dict(Counter(r["reason"] for r in rejects)),
@@ -195,12 +194,12 @@ def self_agreement(complete: list[list[dict]]) -> dict:
 def train_senior(cfg: Config, run: RunPaths) -> TrainResult:
     """DPO from the junior on the kept pairs. Where the judge agreed with itself on no list (two orders),
     DPO has nothing to learn from: the senior is the junior, unchanged, and the result says so."""
-    pairs = list(read_jsonl(run.data / "prefs.jsonl"))
+    pairs = list(read_jsonl(run.file("prefs")))
     if not pairs and cfg.senior.judge_orders > 1:
         return unchanged_junior(run, "no list was judged alike in both orders: DPO on no pair leaves the junior as it is")
     if not pairs:
         raise ValueError(f"{run.data / 'prefs.jsonl'} holds no preference pair: every judgement was rejected")
-    return dpo(base_model(cfg), run.adapters / "junior", pairs, run.adapters / "senior", cfg.senior,
+    return dpo(base_model(cfg), run.file("junior"), pairs, run.file("senior"), cfg.senior,
                cfg.senior.max_length, cfg.run.seed)
 
 
@@ -210,9 +209,9 @@ def unchanged_junior(run: RunPaths, why: str) -> TrainResult:
     import time
 
     t0 = time.monotonic()
-    out, tmp = run.adapters / "senior", run.adapters / "senior.part"
+    out, tmp = run.file("senior"), run.adapters / "senior.part"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(run.adapters / "junior", tmp)
+    shutil.copytree(run.file("junior"), tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     print(f"WARNING: {why}", file=sys.stderr, flush=True)  # stderr: the quiet terminal shows it
@@ -223,13 +222,13 @@ def unchanged_junior(run: RunPaths, why: str) -> TrainResult:
 # ---------------------------------------------------------------- 05 revisor
 def revise_root(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
     """The teacher revises junior root data (SPEED §3.2.4): one output per (prompt, sample index)."""
-    root = list(read_jsonl(run.data / "root.jsonl"))
+    root = list(read_jsonl(run.file("root")))
     picks = [(r, j) for j in range(cfg.senior.k_samples) for r in root][: cfg.revisor.n_examples]
     prompts = [Prompt(id=f"rev-{r['id']}-{j}", kind="revise", task_type=r["task_type"], task=r["task"], topic=r["topic"],
                       text=revision_prompt(r["prompt"], r["task"], r["outputs"][j])) for r, j in picks]
     structured = cfg.teacher.structured_output
     kept, rejects = ask_teacher(
-        teacher, prompts, _Sampling(cfg.generation.max_new_tokens + 200), cfg.run.seed, "05 teacher revises",
+        teacher, "revision", prompts, _Sampling(cfg.generation.max_new_tokens + 200), cfg.run.seed, "05 teacher revises",
         parse=lambda p, r: parse_revision(p.task_type, r.content, r.finish_reason),
         schema=lambda p: response_format("revision", revision_schema(p.task_type)) if structured else None)
     source = {f"rev-{r['id']}-{j}": (r, j) for r, j in picks}
@@ -239,8 +238,8 @@ def revise_root(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
         rows.append({"id": p.id, "task_type": p.task_type, "task": p.task, "prompt": r["prompt"],
                      "original": r["outputs"][j], "revisor_input": p.text,
                      "reason": parsed.value["reason"], "revision": parsed.value["revision"]})
-    write_jsonl(run.data / "revisions.jsonl", rows)
-    write_jsonl(run.data / "revision_rejects.jsonl", rejects)
+    write_jsonl(run.file("revisions"), rows)
+    write_jsonl(run.file("revision_rejects"), rejects)
     return {"asked": len(prompts), "revisions": len(rows), "rejected": len(rejects),
             "reject_reasons": dict(Counter(r["reason"] for r in rejects))}
 
@@ -249,10 +248,10 @@ def train_revisor(cfg: Config, run: RunPaths) -> TrainResult:
     """SFT from the base model, not the junior; target = {"reason", "revision"} as the teacher gave."""
     rows = [{"prompt": r["revisor_input"], "completion": json.dumps({"reason": r["reason"], "revision": r["revision"]},
                                                                     ensure_ascii=False)}
-            for r in read_jsonl(run.data / "revisions.jsonl")]
+            for r in read_jsonl(run.file("revisions"))]
     if not rows:
         raise ValueError(f"{run.data / 'revisions.jsonl'} holds no revision: every teacher revision was rejected")
-    return sft(base_model(cfg), rows, run.adapters / "revisor", cfg.revisor, cfg.revisor.max_length, cfg.run.seed)
+    return sft(base_model(cfg), rows, run.file("revisor"), cfg.revisor, cfg.revisor.max_length, cfg.run.seed)
 
 
 # ---------------------------------------------------------------- quality check
@@ -273,14 +272,14 @@ def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
 def quality_check(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
     """Junior vs senior vs junior+revisor on held-out prompts: validity and a position-swapped judge."""
     q = cfg.quality
-    prompts = seed_prompts(cfg, read_jsonl(run.data / "tasks.jsonl"), q.n_prompts, purpose="heldout")
-    junior = [o[0] for o in sample(cfg, run.adapters / "junior", prompts, 1, q.temperature, "05 junior",
+    prompts = seed_prompts(cfg, read_jsonl(run.file("tasks")), q.n_prompts, purpose="heldout")
+    junior = [o[0] for o in sample(cfg, run.file("junior"), prompts, 1, q.temperature, "05 junior",
                                    run.generation_journal)]
-    senior = [o[0] for o in sample(cfg, run.adapters / "senior", prompts, 1, q.temperature, "05 senior",
+    senior = [o[0] for o in sample(cfg, run.file("senior"), prompts, 1, q.temperature, "05 senior",
                                    run.generation_journal)]
     rev_prompts = [Prompt(id=f"q-rev-{p.id}", kind="revise", task_type=p.task_type, task=p.task, topic=p.topic,
                           text=revision_prompt(p.text, p.task, o)) for p, o in zip(prompts, junior)]
-    revised_raw = [o[0] for o in sample(cfg, run.adapters / "revisor", rev_prompts, 1, 0.0, "05 revisor",
+    revised_raw = [o[0] for o in sample(cfg, run.file("revisor"), rev_prompts, 1, 0.0, "05 revisor",
                                         run.generation_journal)]
     revised = [json.dumps(r.value["revision"]) if (r := parse_revision(p.task_type, t)).ok else t
                for p, t in zip(prompts, revised_raw)]
@@ -294,7 +293,7 @@ def quality_check(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
                                        text=judge_prompt(p.text, outs), task=p.task, topic=p.topic))
             order.append(first_is_senior)
     fmt = response_format("judgement", judge_schema(2)) if cfg.teacher.structured_output else None
-    kept, rejects = ask_teacher(teacher, pair_prompts, _Sampling(JUDGE_MAX_TOKENS), cfg.run.seed, "05 teacher compares",
+    kept, rejects = ask_teacher(teacher, "quality", pair_prompts, _Sampling(JUDGE_MAX_TOKENS), cfg.run.seed, "05 teacher compares",
                                 parse=lambda p, r: parse_judgement(r.content, 2), schema=lambda p: fmt)
     senior_first = dict(zip((p.id for p in pair_prompts), order))
     verdict = pairwise_tally([(p.id.rsplit("-", 1)[0], senior_first[p.id], parsed.value["best"]) for p, _, parsed in kept])
@@ -305,7 +304,7 @@ def quality_check(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
                      "junior_revised": r, **{f"{name}_{k}": v for name, text in
                                              (("junior", j), ("senior", s), ("revised", r))
                                              for k, v in validity(p.task_type, text).items()}})
-    write_jsonl(run.data / "quality.jsonl", rows)
+    write_jsonl(run.file("quality"), rows)
     table = {name: {k: round(sum(row[f"{name}_{k}"] for row in rows) / max(len(rows), 1), 3)
                     for k in ("valid_json", "schema_valid")} for name in ("junior", "senior", "revised")}
     return {"prompts": len(prompts), "validity": table, "senior_vs_junior": {**verdict, "judge_rejects": len(rejects)}}

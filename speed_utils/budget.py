@@ -15,7 +15,10 @@ from pathlib import Path
 
 import yaml
 
-from .config import Config, ConfigError, merge_dicts, lineage, resolve_path
+from . import precision
+from .config import Config, ConfigError, lineage, merge_dicts, resolve_path
+from .cost import estimate as teacher_plan
+from .sweeps import SWEEP_KINDS, load_sweep
 
 # texts encoded per task at full size: per-task seconds of the reference cpu run's stage 08 at its
 # measured 30 texts/s (STS12 162 s, STS13 70, STS14 185, STS15 222, SICK-R 202, Banking77 209;
@@ -159,7 +162,6 @@ def _embed_train_s(r: dict, rows: int, epochs: float, decoder: bool = True) -> f
 def estimate(cfg: Config, gpu: str | None = None) -> list[StageEstimate]:
     """Predicted seconds for stages 00-11 of ``cfg`` (stage 11 from its sweep specs), on ``gpu`` where the
     profile's rates are per card."""
-    from .cost import estimate as teacher_plan
 
     r = rates_for(cfg, gpu)
     in_flight = cfg.teacher.max_concurrency if r["teacher"].get("per_request") else 1
@@ -222,12 +224,10 @@ def _sweeps_s(cfg: Config, r: dict) -> float:
     """Each point: its own junior passes, one embedder training and one evaluation; points that only
     repeat the main run's settings (or another point's) are adopted and cost nothing; the untrained
     embedder is evaluated once on the sweeps' samples."""
-    from .pipeline import load_sweep
-
     g, total = r["generator"], 0.0
     main = cfg.synthesis
     seen = {("senior", main.n_examples, "writer")} | ({("senior", main.n_examples, "revisor")} if main.revise else set())
-    for key in ("ablation", "scaling"):
+    for key in SWEEP_KINDS:
         path = getattr(cfg.sweeps, key)
         if not path:
             continue
@@ -263,9 +263,8 @@ def slower_here(r: dict) -> float | None:
     matrix units of the machine the rates were measured on (``without_bf16_units.factor``); None if alike."""
     if r.get("gpu") or not r.get("cpu_bf16_units"):
         return None
-    from .precision import cpu_bf16_flags
 
-    return None if cpu_bf16_flags() else float(r["without_bf16_units"]["factor"])
+    return None if precision.cpu_bf16_flags() else float(r["without_bf16_units"]["factor"])
 
 
 def hardware_line(r: dict, rows: list[StageEstimate]) -> str | None:

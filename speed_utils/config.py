@@ -17,8 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from . import assets
+from .paths import PARAMS_DIR
 
-PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
 TASK_TYPES = ("retrieval", "classification", "sts", "short_short", "long_long")
 BRAINSTORM_TYPES = ("retrieval", "classification", "short_short", "long_long")  # STS is topic-only
 TaskType = Literal["retrieval", "classification", "sts", "short_short", "long_long"]

@@ -1,8 +1,8 @@
-"""Stage 10: what the teacher cost, per stage, and what it would cost at paper scale (SPEED §4.5, Table 5).
+"""The teacher's ledger and what it cost, per stage and at paper scale (SPEED §4.5, Table 5; stage 10).
 
-The ledger has one row per teacher request (cache hits included, flagged). Each request's tag is
-its prompt id, which says what the call was for: brainstorming (``b…``), seed data (``s…``), a DPO
-judgement (``judge-…``), a revision (``rev-…``) or the quality check (``q-pair-…``). From the
+The ledger has one row per teacher request (cache hits included, flagged), with its :data:`Kind`:
+brainstorming, seed data, a DPO judgement, a revision or the quality check. This module owns its
+totals (:class:`Usage`, :func:`usage`, :func:`total`). From the
 measured tokens per call of each kind, :func:`extrapolate` projects SPEED at the paper's sizes
 (25K seed, 10K judgements, 10K revisions; brainstorming not counted, as in the paper) and an
 E5-style pipeline in which the teacher writes every example.
@@ -10,18 +10,22 @@ E5-style pipeline in which the teacher writes every example.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Literal, get_args
 
 import yaml
 
-from .runs import REPO_ROOT, read_jsonl
+from .config import Config, resolve_path
+from .paths import REPO_ROOT
+from .prompts import brainstorm_prompt, generation_prompt, judge_prompt, revision_prompt, sample_topics
+from .runs import read_jsonl
 
 PRICES = REPO_ROOT / "params" / "prices.yaml"
-KINDS = ("brainstorm", "seed", "judge", "revision", "quality")
+# What the teacher is asked for: each request carries its kind (teacher.Request.kind) into the ledger.
+Kind = Literal["brainstorm", "seed", "judge", "revision", "quality"]
+KINDS: tuple[str, ...] = get_args(Kind)
 PURPOSE = {"brainstorm": "task brainstorming (§3.2.1)", "seed": "seed data for junior SFT (§3.2.2)",
            "judge": "best/worst judgements for DPO (§3.2.3)", "revision": "revisions for the revisor (§3.2.4)",
            "quality": "quality check (ours, not in the paper)"}
@@ -34,8 +38,13 @@ E5_EXAMPLES = 500_000
 STAGE_OF = {"brainstorm": 1, "seed": 2, "judge": 4, "revision": 5, "quality": 5}  # the stage making each kind of call
 
 
-def kind_of(tag: str) -> str:
-    """What a request was for, from its prompt id."""
+def kind_of(row: dict) -> str:
+    """What a ledger row's request was for: its ``kind``, or, in a ledger written before requests carried
+    one (the reference runs), decoded from the prompt id in its ``tag``."""
+    return row.get("kind") or _kind_of_tag(row.get("tag") or "")
+
+
+def _kind_of_tag(tag: str) -> str:
     for prefix, kind in (("judge-", "judge"), ("rev-", "revision"), ("q-pair-", "quality"), ("q-rev-", "quality")):
         if tag.startswith(prefix):
             return kind
@@ -64,9 +73,10 @@ def dollars(prompt_tokens: float, completion_tokens: float, price: dict) -> floa
 
 
 @dataclass
-class KindUsage:
-    kind: str
-    calls: int = 0  # requests sent (cache hits excluded)
+class Usage:
+    """Teacher use summed over ledger rows: requests sent (failed ones too; cache hits apart) and tokens."""
+
+    calls: int = 0
     cache_hits: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -79,20 +89,30 @@ class KindUsage:
         n = max(self.calls, 1)
         return self.prompt_tokens / n, self.completion_tokens / n
 
+    def add(self, row: dict) -> None:
+        """Count one ledger row (or a reply's usage in the same fields)."""
+        if row.get("cache_hit"):
+            self.cache_hits += 1
+            return
+        self.calls += 1
+        self.prompt_tokens += row.get("prompt_tokens") or 0
+        self.completion_tokens += row.get("completion_tokens") or 0
 
-def usage(ledger_rows: Iterable[dict], by: str = "kind") -> dict[str, KindUsage]:
+
+def usage(ledger_rows: Iterable[dict], by: str = "kind") -> dict[str, Usage]:
     """Totals per kind of call (``by="kind"``) or per stage (``by="stage"``)."""
-    out: dict[str, KindUsage] = {}
+    out: dict[str, Usage] = {}
     for r in ledger_rows:
-        key = kind_of(r.get("tag") or "") if by == "kind" else r.get("stage", "?")
-        u = out.setdefault(key, KindUsage(key))
-        if r.get("cache_hit"):
-            u.cache_hits += 1
-            continue
-        u.calls += 1
-        u.prompt_tokens += r.get("prompt_tokens") or 0
-        u.completion_tokens += r.get("completion_tokens") or 0
+        out.setdefault(kind_of(r) if by == "kind" else r.get("stage", "?"), Usage()).add(r)
     return out
+
+
+def total(ledger: Path) -> Usage:
+    """Totals over a whole ledger file (what the teacher's budget guard counts)."""
+    u = Usage()
+    for r in read_jsonl(ledger):
+        u.add(r)
+    return u
 
 
 def stage_table(ledger: Path, model: str, table: dict | None = None) -> list[dict]:
@@ -137,15 +157,13 @@ def extrapolate(ledger: Path, model: str, table: dict | None = None) -> dict:
 CHARS_PER_TOKEN = 4.0  # a rough rule for English text with GPT-style tokenizers
 
 
-def estimate(cfg, table: dict | None = None) -> list[dict]:
+def estimate(cfg: Config, table: dict | None = None) -> list[dict]:
     """Expected teacher calls and tokens for a profile, before anything runs.
 
     Prompt tokens come from rendering the real prompts (≈ 4 characters per token); completion
     tokens are given as the profile's ``max_tokens`` upper bound. Judgement and revision prompts
     embed generator outputs, counted at the generators' ``max_new_tokens``.
     """
-    from .prompts import brainstorm_prompt, generation_prompt, judge_prompt, revision_prompt, sample_topics
-    from .config import resolve_path
 
     b, s = cfg.brainstorm, cfg.seed
     topics = sample_topics(min(b.n_topics, 50), cfg.run.seed, b.topic_max_depth,
@@ -177,4 +195,4 @@ def estimate(cfg, table: dict | None = None) -> list[dict]:
     return rows
 
 
-__all__ = ["kind_of", "usage", "stage_table", "extrapolate", "estimate", "price_for", "dollars", "prices", "KINDS"]
+__all__ = ["kind_of", "usage", "total", "Usage", "Kind", "stage_table", "extrapolate", "estimate", "price_for", "dollars", "prices", "KINDS"]

@@ -23,9 +23,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import EmbedderCfg, LoraCfg
+from . import assets
+from .config import Config, EmbedderCfg, LoraCfg
 from .precision import amp_flags, compute_dtype, dtype_name, release_memory, trained_in
-from .runs import remove
+from .runs import RunPaths, read_jsonl, record_path, remove
+from .schema import to_training_example
+from .train import (cuda_available, devices, lora_config, quant_device_map, record_training, step_logger,
+                    trained_before, training_key)
 
 # E5-mistral's instruction for MS MARCO-style search, the default query prompt of a saved model.
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -59,7 +63,7 @@ def decoder_embedder(model_path: str, max_length: int, qlora: bool = False):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
-    from .train import cuda_available, quant_config, quant_device_map
+    from .train import quant_config  # looked up when called: tests let it build 4-bit weights on the CPU
 
     q = quant_config(qlora)
     model_kwargs = {"dtype": compute_dtype()}  # bf16 where the GPU or CPU computes in it
@@ -81,16 +85,12 @@ def encoder_embedder(path: str):
     """An off-the-shelf sentence-transformers model (all-MiniLM-L6-v2), as released."""
     from sentence_transformers import SentenceTransformer
 
-    from .train import cuda_available
-
     return SentenceTransformer(path, device="cuda" if cuda_available() else "cpu", local_files_only=os.path.isdir(path))
 
 
 def add_lora(st, c: LoraCfg) -> int:
     """Wrap the backbone with LoRA adapters; returns the number of trainable parameters."""
     from peft import get_peft_model, prepare_model_for_kbit_training
-
-    from .train import lora_config
 
     backbone = st[0].model
     if getattr(st, "quantized", False):
@@ -164,8 +164,6 @@ def contrastive_loss(st, ec: EmbedderCfg):
     from sentence_transformers.sentence_transformer.losses import (CachedMultipleNegativesRankingLoss,
                                                                    MultipleNegativesRankingLoss)
 
-    from .train import devices
-
     scale, gather = 1.0 / ec.temperature, devices() > 1  # several devices: every query sees every device's texts
     if ec.mini_batch_size:
         return CachedMultipleNegativesRankingLoss(st, scale=scale, mini_batch_size=ec.mini_batch_size,
@@ -198,8 +196,6 @@ def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, s
     weights cannot be merged in place (several processes with sharded weights, or a 4-bit base)."""
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers, MultiDatasetBatchSamplers
-
-    from .train import cuda_available, devices, step_logger
 
     t0 = time.monotonic()
     trainable = add_lora(st, ec.lora) if lora else sum(p.numel() for p in st.parameters() if p.requires_grad)
@@ -234,7 +230,6 @@ def load_for_training(name: str, max_length: int, qlora: bool, online: bool):
     Causal LMs (the paper's Mistral-7B; SmolLM2 on the CPU) become last-token decoder embedders
     trained with LoRA; sentence-transformers models (MiniLM) are fully fine-tuned as released.
     """
-    from . import assets
 
     m = assets.spec(name)
     if m.kind == "sentence-transformer":
@@ -245,15 +240,13 @@ def load_for_training(name: str, max_length: int, qlora: bool, online: bool):
     return decoder_embedder(path, max_length, qlora), True, lambda: decoder_embedder(path, max_length, qlora=False)
 
 
-def training_rows(run, sources: Sequence[str]) -> list[dict]:
+def training_rows(run: RunPaths, sources: Sequence[str]) -> list[dict]:
     """Training rows from the synthetic data and, when asked, the teacher's seed data (same mapping, §3.3)."""
-    from .runs import read_jsonl
-    from .schema import to_training_example
 
-    rows = list(read_jsonl(run.data / "synthetic.jsonl")) if "synthetic" in sources else []
+    rows = list(read_jsonl(run.file("synthetic"))) if "synthetic" in sources else []
     if "seed" in sources:
         rows += [{"id": r["id"], **to_training_example(r["task_type"], r["task"], r["output"])}
-                 for r in read_jsonl(run.data / "seed.jsonl")]
+                 for r in read_jsonl(run.file("seed"))]
     return rows
 
 
@@ -268,10 +261,9 @@ def subset(rows: list[dict], n: int | None, seed: int) -> list[dict]:
     return [rows[i] for i in sorted(order[:n])]
 
 
-def train_stage(cfg, run) -> dict:
+def train_stage(cfg: Config, run: RunPaths) -> dict:
     """Stage 07: train the embedder (and fine-tune the baseline) on ``synthetic.jsonl`` (and the seed data
     when ``embedder.train_on`` says so)."""
-    from .train import record_path, record_training, trained_before, training_key
 
     ec, online = cfg.embedder, cfg.use_hub()
     rows = subset(training_rows(run, ec.train_on), ec.train_examples, cfg.run.seed)
@@ -286,8 +278,8 @@ def train_stage(cfg, run) -> dict:
     if cfg.models.baseline_embedder and ec.baseline_finetune:
         jobs.append(("baseline", cfg.models.baseline_embedder, ec.baseline_lr))
     if len(jobs) == 1:  # the baseline is not trained this time: never evaluate a stale one
-        remove(run.models / "baseline")
-        remove(record_path(run.models / "baseline"))
+        remove(run.file("baseline"))
+        remove(record_path(run.file("baseline")))
     for folder, name, lr in jobs:
         key = training_key(kind="embedder", model=name, rows=rows, settings=ec.model_dump(), lr=lr, seed=cfg.run.seed,
                            dtype=dtype_name())
@@ -311,7 +303,6 @@ def save_trained(st, accelerator, out_dir: Path, lora: bool, lora_cfg: LoraCfg, 
     (a collective call under ZeRO-3: every process takes part) and the main process merges them into a
     fresh full-precision copy: merging into 4-bit or sharded weights would lose precision or weights.
     """
-    from .train import cuda_available, devices
 
     several = devices() > 1
     if not lora or (not several and not getattr(st, "quantized", False)):

@@ -11,6 +11,7 @@ import platform
 import psutil
 
 from . import assets
+from .align import generation_engine
 from .config import Config
 from .precision import cpu_bf16_flags, dtype_name
 from .runs import RunPaths, atomic_write_json, versions
@@ -47,7 +48,6 @@ def assemble_models(cfg: Config) -> list[dict]:
 
 def report(cfg: Config, run: RunPaths, checks: list | None = None) -> dict:
     """Write ``env.json`` (with the pre-flight ``checks`` that passed) and return it."""
-    from .align import generation_engine
 
     env = {"profile": cfg.name, "versions": versions(), "hardware": hardware(),
            "hub_reachable": assets.hub_reachable(), "offline_mode": cfg.run.offline, "use_hub": cfg.use_hub(),
@@ -56,5 +56,5 @@ def report(cfg: Config, run: RunPaths, checks: list | None = None) -> dict:
                        "base_url": cfg.teacher.base_url, "structured_output": cfg.teacher.structured_output},
            "precision": {"dtype": dtype_name(), "cpu_bf16_flags": list(cpu_bf16_flags())},
            "generation_engine": generation_engine(cfg), "preflight": [vars(c) for c in checks or ()]}
-    atomic_write_json(run.root / "env.json", env)
+    atomic_write_json(run.file("env"), env)
     return env

@@ -27,10 +27,14 @@ from typing import Any
 
 import yaml
 
-from .embed import query_text
-from .precision import release_memory
+from . import assets
+from .config import Config, resolve_path
+from .embed import decoder_embedder, encoder_embedder, query_text
+from .paths import PACKAGE_DATA
+from .precision import compute_dtype, dtype_name, release_memory
+from .runs import RunPaths, atomic_write_json, sha256_path, versions, write_jsonl
+from .stats import average_interval, paired_interval, spearman_interval
 
-DATA = Path(__file__).resolve().parent / "data"
 ASYMMETRIC = ("Retrieval", "Reranking", "InstructionRetrieval")  # instruction on queries only
 
 # How the local copies differ from the data MTEB evaluates (../shared/data/mteb_local/README.md).
@@ -45,7 +49,7 @@ NOTES = {
 
 @lru_cache(maxsize=1)
 def instructions() -> dict:
-    return yaml.safe_load((DATA / "instructions.yaml").read_text())
+    return yaml.safe_load((PACKAGE_DATA / "instructions.yaml").read_text())
 
 
 def instruction_for(task_name: str, task_type: str) -> str:
@@ -225,12 +229,9 @@ def file_task(name: str, folder: Path, limit: int | None = None, seed: int = 0):
     return type(f"File{base.__name__}_{name.replace('-', '_')}", (base,), attrs)()
 
 
-def tasks_for(cfg, use_hub: bool) -> tuple[list, list[str]]:
+def tasks_for(cfg: Config, use_hub: bool) -> tuple[list, list[str]]:
     """The profile's tasks and notes on what was left out (and why)."""
     import mteb
-
-    from . import assets
-    from .config import resolve_path
 
     e, tasks, skipped = cfg.evaluate, [], []
     if e.benchmark or e.tasks:
@@ -328,7 +329,6 @@ def sts_intervals(record: dict, reference: str | None, seed: int = 0) -> list[di
     """Bootstrap intervals (speed_utils.stats) of every model's STS scores, per task and for the
     average over the STS tasks, and of each model's average minus the ``reference`` model's on the
     same resampled pairs (the paired bootstrap)."""
-    from .stats import average_interval, spearman_interval
 
     rows = []
     for label in record["models"]:
@@ -345,7 +345,6 @@ def sts_intervals(record: dict, reference: str | None, seed: int = 0) -> list[di
 def paired_difference(pairs: dict, reference: dict, seed: int = 0) -> dict:
     """The STS average of ``pairs`` minus that of ``reference`` ({task: (gold, cosine)} on the same pairs),
     ×100, with its paired bootstrap interval."""
-    from .stats import paired_interval
 
     both = {t: (g, reference[t][1], cos) for t, (g, cos) in pairs.items()}
     return paired_interval(both, seed=seed).scaled(100).to_dict()
@@ -356,7 +355,6 @@ STS_AVERAGE = "STS average"
 
 def settings(encoder: InstructedEncoder, path: str, batch_size: int, extra: dict | None = None) -> dict:
     """What goes beside a model's results: versions, dtype, batch size, instructions, pooling."""
-    from .runs import versions
 
     st = encoder.model
     pooling = getattr(st[1], "pooling_mode", None) if len(st) > 1 else None
@@ -393,7 +391,6 @@ def released_label(model: str) -> str:
 
 def untrained_candidate(cfg) -> Candidate | None:
     """The embedder base as it comes, with the trained model's last-token pooling; None unless a causal LM."""
-    from . import assets
 
     emb = cfg.models.embedder
     if assets.spec(emb).kind != "causal-lm":
@@ -402,41 +399,36 @@ def untrained_candidate(cfg) -> Candidate | None:
                      "decoder", True)
 
 
-def candidates(cfg, run) -> list[Candidate]:
+def candidates(cfg: Config, run: RunPaths) -> list[Candidate]:
     """The comparison of SPEED §4.2 in miniature: the embedder untrained and trained on our data,
     and, when the profile names one, the off-the-shelf baseline as released and fine-tuned."""
-    from . import assets
 
     online = cfg.use_hub()
     emb, base = cfg.models.embedder, cfg.models.baseline_embedder
-    trained = Candidate(trained_label(emb), f"speed-repro/{emb}-speed", str(run.models / "embedder"), "encoder", True)
+    trained = Candidate(trained_label(emb), f"speed-repro/{emb}-speed", str(run.file("embedder")), "encoder", True)
     if not cfg.evaluate.compare:
         return [trained]
     out = [c for c in (untrained_candidate(cfg),) if c is not None] + [trained]
     if base:
         out.append(Candidate(released_label(base), assets.spec(base).hf_id, assets.st_folder(base, online=online),
                              "encoder", False))
-        if (run.models / "baseline").exists():
-            out.append(Candidate(trained_label(base), f"speed-repro/{base}-speed", str(run.models / "baseline"),
+        if (run.file("baseline")).exists():
+            out.append(Candidate(trained_label(base), f"speed-repro/{base}-speed", str(run.file("baseline")),
                                  "encoder", True))
     return out
 
 
 def load_candidate(c: Candidate, max_length: int):
     """A candidate ready to encode, in the dtype the hardware computes in (precision.py)."""
-    from .embed import decoder_embedder, encoder_embedder
-    from .precision import compute_dtype
 
     if c.kind == "decoder":
         return decoder_embedder(c.path, max_length)
     return encoder_embedder(c.path).to(compute_dtype())  # fp32 on disk; cast for encoding only
 
 
-def revision(cfg, c: Candidate, run) -> str:
+def revision(cfg: Config, c: Candidate, run: RunPaths) -> str:
     """mteb's revision for a candidate: the hash of its weights (when the run made them) and of the
     evaluation settings, so mteb's cache can never hand back scores of other weights or other tasks."""
-    from .precision import dtype_name
-    from .runs import sha256_path
 
     inside = Path(c.path).resolve().is_relative_to(run.root.resolve()) if Path(c.path).exists() else False
     digest = hashlib.sha256(json.dumps({"weights": sha256_path(Path(c.path)) if inside else c.path,
@@ -446,7 +438,7 @@ def revision(cfg, c: Candidate, run) -> str:
     return f"{cfg.name}-{digest}"
 
 
-def untrained_record(cfg, run, out_dir: Path) -> dict | None:
+def untrained_record(cfg: Config, run: RunPaths, out_dir: Path) -> dict | None:
     """The untrained embedder's :func:`sts_pair_record` on the samples of ``cfg`` (a sweep point's
     settings), its mteb results cached in ``out_dir``: the untrained row of stage 11's sweeps, scored
     once for every sweep that shares the evaluation settings. None where the embedder is no causal LM."""
@@ -462,11 +454,10 @@ def untrained_record(cfg, run, out_dir: Path) -> dict | None:
     return sts_pair_record(tasks, {c.label: predictions})
 
 
-def evaluate_stage(cfg, run) -> dict:
+def evaluate_stage(cfg: Config, run: RunPaths) -> dict:
     """Stage 08: every candidate on every task; mteb JSON under ``mteb/``, a score table in
     ``data/scores.jsonl`` whose rows name the mteb folder they came from, every model's per-pair STS
     similarities in ``data/sts_pairs.json``, and their bootstrap intervals in ``data/score_intervals.jsonl``."""
-    from .runs import atomic_write_json, write_jsonl
 
     e = cfg.evaluate
     tasks, skipped = tasks_for(cfg, cfg.use_hub())
@@ -487,11 +478,11 @@ def evaluate_stage(cfg, run) -> dict:
                   "results": str(folder.relative_to(run.root))} for r in scores]
         del enc
         release_memory()  # one model on the device at a time: two 7B models in bf16 do not fit 24 GB
-    write_jsonl(run.data / "scores.jsonl", rows)
+    write_jsonl(run.file("scores"), rows)
     record = sts_pair_record(tasks, predictions)
-    atomic_write_json(run.data / "sts_pairs.json", record)
+    atomic_write_json(run.file("sts_pairs"), record)
     intervals = sts_intervals(record, reference=models[0].label if len(models) > 1 else None, seed=cfg.run.seed)
-    write_jsonl(run.data / "score_intervals.jsonl", intervals)
+    write_jsonl(run.file("score_intervals"), intervals)
     return {"tasks": [t.metadata.name for t in tasks], "models": [c.label for c in models],
             "skipped": skipped, "scores": {f"{r['label']} | {r['task']}": r["score"] for r in rows},
             "sts_average": {r["label"]: [r["value"], r["lo"], r["hi"]] for r in intervals if r["task"] == STS_AVERAGE},

@@ -27,7 +27,12 @@ from typing import Iterator, Sequence
 
 from tqdm import tqdm
 
+from .chat import load_tokenizer, user_turn
+from .gguf_lora import adapter_to_gguf
+from .llama_server import LlamaServer
+from .precision import compute_dtype, dtype_name
 from .runs import append_jsonl, read_jsonl, sha256_path
+from .vllm_worker import VllmWorker, available, lora_request, vllm_inputs
 
 
 JOURNAL_VERSION = 1  # bump when the sampling code changes what a batch's seed produces
@@ -71,8 +76,6 @@ def backend_name(has_gguf: bool = False) -> str:
     import torch
 
     if torch.cuda.is_available():
-        from .vllm_worker import available
-
         return "vllm" if available() else "transformers"
     return "llamacpp" if has_gguf else "transformers"
 
@@ -92,8 +95,6 @@ class Generator:
     def __init__(self, model_id: str, adapter: str | None = None, batch_size: int = 8, backend: str | None = None,
                  tensor_parallel: int = 1, gguf: Path | None = None, parallel: int = 1, slot_ctx: int = 2048,
                  threads: int = 2, log_path: Path | None = None, max_lora_rank: int = 64):
-        from .chat import load_tokenizer
-
         self.model_id, self.adapter, self.batch_size = model_id, adapter, batch_size
         self.backend = backend if backend not in (None, "auto") else backend_name(gguf is not None)
         self.tokens_out = 0
@@ -103,9 +104,6 @@ class Generator:
             raise FileNotFoundError(f"adapter folder {adapter} does not exist")
         self.tok = load_tokenizer(model_id, adapter, padding_side="left")  # the adapter's training template
         if self.backend == "vllm":  # pragma: no cover - needs a GPU
-            from .vllm_worker import VllmWorker
-
-            from .precision import dtype_name
 
             dtype = "float16" if dtype_name() == "fp16" else "bfloat16"  # a T4 has no bf16
             self.worker = VllmWorker(model_id, tensor_parallel, dtype=dtype, max_lora_rank=max_lora_rank,
@@ -117,8 +115,6 @@ class Generator:
             return
         import torch
         from transformers import AutoModelForCausalLM
-
-        from .precision import compute_dtype
 
         self.dtype = compute_dtype()
         model = AutoModelForCausalLM.from_pretrained(model_id, dtype=self.dtype)
@@ -137,9 +133,6 @@ class Generator:
     def _start_server(self, gguf: Path | None, parallel: int, slot_ctx: int, threads: int, log_path: Path | None):
         """The GGUF base plus the adapter as a GGUF LoRA, on a loopback llama.cpp server."""
         import tempfile
-
-        from .gguf_lora import adapter_to_gguf
-        from .llama_server import LlamaServer
 
         if gguf is None:
             raise ValueError("the llamacpp generation backend needs the base model's GGUF file")
@@ -167,8 +160,6 @@ class Generator:
         self.close()
 
     def chat_text(self, prompt: str) -> str:
-        from .chat import user_turn
-
         return user_turn(self.tok, prompt)
 
     def requests(self, reqs: Sequence[GenRequest]) -> list[dict]:
@@ -283,7 +274,6 @@ class Generator:
                   todo: list[int]) -> Iterator[tuple[int, list[str]]]:  # pragma: no cover - needs a GPU
         """Up to :data:`VLLM_CALL_ROWS` rows per engine call (vLLM batches them continuously); each row is
         one sample with its own seed, as on llama.cpp; the calls' chunks are yielded (and journalled) in order."""
-        from .vllm_worker import lora_request, vllm_inputs
 
         calls, rows = [[]], 0
         for j in todo:

@@ -22,15 +22,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import Config, load_profile
+from . import align, embed
+from .config import Config, load_profile, resolve_path
+from .embed import per_device_batch
+from .paths import REPO_ROOT
 from .runs import RunPaths, atomic_write_json
+from .train import batch_plan
 
 STAGES = ("junior", "senior", "revisor", "embedder")
 
 
 def _trainer(stage: str):
-    from . import align, embed
-
     return {"junior": align.train_junior, "senior": align.train_senior, "revisor": align.train_revisor,
             "embedder": embed.train_stage}[stage]
 
@@ -45,7 +47,6 @@ def result_path(run: RunPaths, stage: str) -> Path:
 
 def command(cfg: Config, stage: str, profile: str | Path, run_dir: str | Path) -> list[str]:
     """The ``accelerate launch`` command line for one training stage of a profile."""
-    from .config import resolve_path
 
     d = cfg.distributed
     procs, machines = d.processes(stage)
@@ -64,7 +65,7 @@ def train(stage: str, cfg: Config, run: RunPaths, profile: str | Path) -> dict:
     out.unlink(missing_ok=True)
     cmd = command(cfg, stage, profile, run.root)
     print("launching:", " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     if proc.returncode != 0 or not out.exists():
         raise RuntimeError(f"`{' '.join(cmd)}` failed with exit code {proc.returncode}; its output is above")
     return json.loads(out.read_text())
@@ -73,8 +74,6 @@ def train(stage: str, cfg: Config, run: RunPaths, profile: str | Path) -> dict:
 def batch_arithmetic(cfg: Config) -> list[str]:
     """How each training reaches its batch: per-device micro-batch x devices x accumulation, or the
     contrastive batch split across devices (negatives gathered) and mini-batched by GradCache."""
-    from .embed import per_device_batch
-    from .train import batch_plan
 
     lines = []
     for name in ("junior", "senior", "revisor"):

@@ -25,6 +25,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .paths import REPO_ROOT
+
 
 class ServerError(RuntimeError):
     """The llama.cpp server could not start, died, or answered a request with an error."""
@@ -71,7 +73,7 @@ class LlamaServer:
         for lora in self.loras:
             cmd += ["--lora", str(lora)]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+                                     env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
         log.close()
         try:
             self._wait_ready()

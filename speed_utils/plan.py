@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+
+from .train import batch_plan
 GIB = 1024 ** 3
 NF4_BITS = 4.127  # nf4 (4 bits) + fp8 block scales per 64 + fp32 scales per 256 blocks (double quantization)
 OVERHEAD_GIB = 1.0  # CUDA context, allocator fragmentation
@@ -186,7 +188,6 @@ def plan(cfg) -> list[StagePlan]:
 
 def micro_batch(tc) -> int:
     """The per-device micro-batch a training section uses on a GPU: :func:`speed_utils.train.batch_plan`'s."""
-    from .train import batch_plan
 
     return batch_plan(tc.batch_size, micro=tc.micro_batch_size, on_gpu=True)[0]
 

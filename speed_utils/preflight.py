@@ -22,8 +22,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import assets
+from . import assets, plan
 from .config import Config, ConfigError, key_owner
+from .teacher import openai_client
 
 
 @dataclass
@@ -92,8 +93,6 @@ def check_teacher(cfg: Config, prof: Path | None = None, timeout_s: float = 15.0
         return [Check("teacher", "skip", f"a local llama.cpp server ({tc.model}) starts with the first stage that needs it")]
     import openai
 
-    from .teacher import openai_client
-
     key = os.environ.get(tc.api_key_env)
     if not key:
         return [Check("teacher", "fail", f"the teacher needs an API key in ${tc.api_key_env} (teacher.api_key_env); "
@@ -134,8 +133,6 @@ def check_qlora(cfg: Config, prof: Path | None = None) -> list[Check]:
 def check_gpu(cfg: Config) -> list[Check]:
     """Every stage of the memory plan fits the GPU this machine has (``speed-repro plan``)."""
     import torch
-
-    from . import plan
 
     stages = plan.plan(cfg)
     if not stages:

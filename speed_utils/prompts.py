@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
+from .paths import PACKAGE_DATA
 from .schema import KEYS, STS_TASK
 
-DATA = Path(__file__).resolve().parent / "data"
 
 # Sampling weights from SPEED's prompts_synthesis.py (speed-method.md §3).
 RETRIEVAL_ATTRS = {
@@ -43,7 +43,7 @@ LANGUAGE = "English"  # SPEED drops bitext and is English-only (§3.1)
 
 @lru_cache(maxsize=1)
 def templates() -> dict:
-    return yaml.safe_load((DATA / "prompts.yaml").read_text())
+    return yaml.safe_load((PACKAGE_DATA / "prompts.yaml").read_text())
 
 
 def rng_for(seed: int, purpose: str, index: int) -> random.Random:
@@ -66,13 +66,13 @@ def truncate_topic(path: str, max_depth: int = 4) -> str:
 
 
 @lru_cache(maxsize=4)
-def all_topics(path: Path = DATA / "topics.txt") -> tuple[str, ...]:
+def all_topics(path: Path = PACKAGE_DATA / "topics.txt") -> tuple[str, ...]:
     return tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
 
 
 def sample_topics(n: int, seed: int, max_depth: int = 4, path: Path | None = None) -> list[str]:
     """``n`` topics (truncated), a seeded sample of the list; it repeats only if n exceeds the list."""
-    pool = list(all_topics(path or DATA / "topics.txt"))
+    pool = list(all_topics(path or PACKAGE_DATA / "topics.txt"))
     rng = rng_for(seed, "topics", 0)
     rng.shuffle(pool)
     out = [truncate_topic(pool[i % len(pool)], max_depth) for i in range(n)]

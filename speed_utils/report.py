@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from .config import load_run_config
+from .registry import STAGES
 from .runs import RunPaths, atomic_write_text, read_jsonl
 
 
@@ -79,18 +81,12 @@ def headline(stage: int, metrics: dict) -> str:
         return ""
 
 
-def _marker(run: RunPaths, n: int) -> dict:
-    path = run.marker(n)
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def summary(run: RunPaths, wall_s: float | None = None) -> str:
     """The end of a run, in a few lines: the report, the three numbers, what to run next."""
     lines = [f"report: {run.root / 'report.html'}"]
-    avg = _marker(run, 8).get("metrics", {}).get("sts_average", {})
+    avg = run.read_marker(8).get("metrics", {}).get("sts_average", {})
     if avg and run.config.exists():
-        from .config import load_run_config
-        from .evaluate import released_label, trained_label, untrained_label
+        from .evaluate import released_label, trained_label, untrained_label  # mteb takes seconds to import
 
         models = load_run_config(run.config).models
         rows = [(f"{models.embedder} trained", avg.get(trained_label(models.embedder))),
@@ -99,7 +95,7 @@ def summary(run: RunPaths, wall_s: float | None = None) -> str:
                  avg.get(released_label(models.baseline_embedder)) if models.baseline_embedder else None)]
         lines.append("embedder, STS average (95% interval): " + " vs ".join(
             f"{name} {v[0]:.1f} [{v[1]:.1f}, {v[2]:.1f}]" for name, v in rows if v))
-    cost = _marker(run, 10).get("metrics", {})
+    cost = run.read_marker(10).get("metrics", {})
     if cost:
         lines.append(f"teacher: {cost.get('calls', 0)} calls in this run; " + _h10(cost).split("; ", 1)[-1])
     if wall_s is not None:
@@ -131,13 +127,11 @@ def _json(path: Path):
 
 def front_page(run: RunPaths) -> str:
     """The profile, versions, stages, the local MTEB table, cost, claims and every figure."""
-    from .pipeline import STAGES
-
-    env = _json(run.root / "env.json") or {}
+    env = _json(run.file("env")) or {}
     timings = {r["stage"]: r for r in read_jsonl(run.logs / "timings.jsonl")} if (run.logs / "timings.jsonl").exists() else {}
     stages = []
     for n, st in STAGES.items():
-        mark = _marker(run, n)
+        mark = run.read_marker(n)
         stages.append({"stage": f"{n:02d} {st.name}", "status": "done" if mark else "not run",
                        "seconds": round(timings[n]["wall_s"]) if n in timings else mark.get("seconds", ""),
                        "headline": headline(n, mark.get("metrics", {})) if mark else ""})
@@ -145,13 +139,13 @@ def front_page(run: RunPaths) -> str:
              f"<p>profile <b>{html.escape(str(env.get('profile', '')))}</b>; run folder {html.escape(str(run.root))}</p>",
              "<nav>" + "".join(f'<a href="#stage-{n:02d}">{n:02d}</a>' for n in STAGES) + '<a href="#figures">figures</a></nav>',
              "<h2>Stages</h2>", _table(stages)]
-    results = _json(run.data / "results.json") or {}
+    results = _json(run.file("results")) or {}
     local = [{**v["row"], "coverage": v.get("coverage", "")} for v in results.get("local", {}).values()]
     parts += ["<h2>Local MTEB tasks</h2><p>main score ×100 per category on the local test-set samples "
               "(the paper's Table 1 reports the full MTEB; see stage 09)</p>", _table(local)]
-    cost = _json(run.data / "cost.json") or {}
+    cost = _json(run.file("cost")) or {}
     parts += ["<h2>Teacher cost at paper scale</h2>", _table(cost.get("extrapolation", {}).get("rows", []))]
-    claims = _json(run.data / "claims.json") or []
+    claims = _json(run.file("claims")) or []
     parts += ["<h2>The claims table</h2>", _table(claims)]
     versions = env.get("versions", {})
     parts += ["<h2>Versions</h2>", _table([{"package": k, "version": v} for k, v in versions.items()])]
@@ -175,8 +169,6 @@ def notebook_html(path: Path, include_code: bool = False) -> str:
 
 def build(run: RunPaths, include_code: bool = False) -> Path:
     """Write ``report.html`` (atomically): the front page, then every executed stage notebook."""
-    from .pipeline import STAGES
-
     sections = []
     for n, st in STAGES.items():
         nb = run.notebooks / st.notebook

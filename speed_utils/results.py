@@ -20,8 +20,12 @@ from statistics import mean
 
 import yaml
 
-DATA = Path(__file__).resolve().parent / "data"
-REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "paper.json"
+from .config import load_run_config
+from .paths import PACKAGE_DATA, REFERENCE_DIR
+from .runs import RunPaths, read_jsonl
+from .stats import average_interval, slope_interval
+
+REFERENCE = REFERENCE_DIR / "paper.json"
 CATEGORIES = ("Classification", "Clustering", "PairClassification", "Reranking", "Retrieval", "STS", "Summarization")
 SHORT = {"Classification": "Class.", "Clustering": "Clust.", "PairClassification": "PairCl.", "Reranking": "Rerank",
          "Retrieval": "Retr.", "STS": "STS", "Summarization": "Summ."}
@@ -36,7 +40,7 @@ OLD_MAIN = {"STS": ("cos_sim", "spearman"), "Summarization": ("cos_sim", "spearm
 @lru_cache(maxsize=1)
 def mteb_eng_v1() -> dict[str, list[dict]]:
     """Category -> [{task, split, subset, main_score}] for the 56 datasets."""
-    return yaml.safe_load((DATA / "mteb_eng_v1.yaml").read_text())
+    return yaml.safe_load((PACKAGE_DATA / "mteb_eng_v1.yaml").read_text())
 
 
 def task_rules() -> dict[str, dict]:
@@ -205,13 +209,12 @@ def local_groups(rows: list[dict]) -> dict[str, list[str]]:
     return {c: groups[c] for c in CATEGORIES if c in groups}
 
 
-def run_summary(run) -> dict:
+def run_summary(run: RunPaths) -> dict:
     """Stage 09: this run's tables. ``mteb`` holds MTEB(eng, v1) rows from Hub-data results only;
     ``local`` the same layout over local and proxy tasks; ``checks`` compares the released baseline
     with its published MTEB scores where the local data are MTEB's own."""
-    from .runs import read_jsonl
 
-    rows = list(read_jsonl(run.data / "scores.jsonl"))
+    rows = list(read_jsonl(run.file("scores")))
     out: dict = {"mteb": {}, "local": {}, "checks": []}
     folders = {r["label"]: run.root / r["results"] for r in rows}  # the folders stage 08 wrote this time
     for label, folder in folders.items():
@@ -226,7 +229,7 @@ def run_summary(run) -> dict:
         out["local"][label] = {"row": table_row(label, table), "coverage": describe_coverage(table),
                                "tasks": scores}
     published = json.loads((REFERENCE.parent / "mteb_published.json").read_text())
-    limited = (yaml.safe_load(run.config.read_text()) or {}).get("evaluate", {}).get("limit")
+    limited = load_run_config(run.config).evaluate.limit
     for r in rows if not limited else ():  # a subsample cannot match a score published on the whole set
         if r["model"] == published["model"] and r["task"] in published["scores"] and r["source"] == "local":
             out["checks"].append({"task": r["task"], "ours": r["score"], "published": published["scores"][r["task"]],
@@ -239,20 +242,19 @@ def sweep_rows(summary: dict) -> list[dict]:
     """One row per sweep point: what it trained on and the trained embedder's scores.
 
     ``avg`` is the mean main score over the point's tasks (the same tasks for every point)."""
-    from .evaluate import trained_label
-    from .runs import read_jsonl
+    from .evaluate import trained_label  # mteb takes seconds to import
 
     out = []
     for name, point in summary["points"].items():
-        run = Path(point["run"])
-        cfg = yaml.safe_load((run / "config.yaml").read_text())
-        trained = json.loads((run / "stages" / "07.done.json").read_text())["metrics"]["embedder"]
-        synth = json.loads((run / "stages" / "06.done.json").read_text())["metrics"]
-        label = trained_label(cfg["models"]["embedder"])
-        scores = {r["task"]: r["score"] for r in read_jsonl(run / "data" / "scores.jsonl") if r["label"] == label}
-        out.append({"point": name, "run": str(run), "label": label,
-                    "generator": cfg["synthesis"]["generator"], "revised": cfg["synthesis"]["revise"],
-                    "synthetic_kept": synth["kept"], "asked": cfg["embedder"].get("train_examples"),
+        run = RunPaths(Path(point["run"]))
+        cfg = load_run_config(run.config)
+        trained = run.read_marker(7)["metrics"]["embedder"]
+        synth = run.read_marker(6)["metrics"]
+        label = trained_label(cfg.models.embedder)
+        scores = {r["task"]: r["score"] for r in read_jsonl(run.file("scores")) if r["label"] == label}
+        out.append({"point": name, "run": str(run.root), "label": label,
+                    "generator": cfg.synthesis.generator, "revised": cfg.synthesis.revise,
+                    "synthetic_kept": synth["kept"], "asked": cfg.embedder.train_examples,
                     "train_examples": trained["examples"],
                     "avg": round(mean(scores.values()), 2) if scores else None, "tasks": scores,
                     "adopted_stages": point["adopted"]})
@@ -266,11 +268,10 @@ def sweep_intervals(kind: str, rows: list[dict], seed: int = 0, untrained: dict 
     record of the untrained embedder on the same samples) adds its row and each point's gain over it.
     Points whose stage 08 saved no per-pair record, or scored other pairs than the first, are ``skipped``."""
     from .evaluate import model_pairs, pairable, paired_difference
-    from .stats import average_interval, slope_interval
 
     records, skipped = {}, []
     for r in rows:
-        f = Path(r["run"]) / "data" / "sts_pairs.json"
+        f = RunPaths(Path(r["run"])).file("sts_pairs")
         rec = json.loads(f.read_text()) if f.exists() else None
         if rec is None or r["label"] not in rec["models"] or (records and not pairable(next(iter(records.values()))[0], rec)):
             skipped.append(r["point"])
@@ -341,14 +342,12 @@ def _ci(d: dict | None, sign: int = 1) -> tuple[float | None, float | None, floa
     return v, min(lo, hi), max(lo, hi)
 
 
-def claims(run, sweeps_intervals: dict | None = None) -> list[dict]:
+def claims(run: RunPaths, sweeps_intervals: dict | None = None) -> list[dict]:
     """One row per claim of the paper measured by this run: its number, its 95% interval, and whether
     it holds at this scale. Reads stage 05's quality check, stage 08's intervals, stage 10's cost and
     stage 11's sweep intervals (``sweeps_intervals``, as ``sweep_intervals`` gives them per kind)."""
     from .evaluate import STS_AVERAGE, trained_label, untrained_label
-    from .runs import read_jsonl
 
-    root = Path(run.root)
     rows: list[dict] = []
 
     def add(claim: str, paper_says: str, measure: str, value, lo=None, hi=None, holds: str | None = None, null=0.0):
@@ -380,14 +379,14 @@ def claims(run, sweeps_intervals: dict | None = None) -> list[dict]:
     v, lo, hi = _ci((sweeps_intervals or {}).get("scaling", {}).get("slope_per_decade"))
     add("Log-linear scaling with data", "§4.4, Fig. 4: the score grows log-linearly",
         "stage 11: slope of STS avg per tenfold data", v, lo, hi)
-    emb = (yaml.safe_load(run.config.read_text()) or {}).get("models", {}).get("embedder") if run.config.exists() else None
-    intervals = root / "data/score_intervals.jsonl"
+    emb = load_run_config(run.config).models.embedder if run.config.exists() else None
+    intervals = run.file("score_intervals")
     gain = [r for r in (read_jsonl(intervals) if intervals.exists() else [])
             if r["label"] == trained_label(emb) and r["task"] == f"{STS_AVERAGE} - {untrained_label(emb)}"]
     v, lo, hi = _ci(gain[0] if gain else None)
     add("Synthetic data trains the embedder", "Table 1: 63.4 after training on SPEED data",
         "stage 08: STS avg, trained minus untrained (paired)", v, lo, hi)
-    cost = json.loads((root / "data/cost.json").read_text()) if (root / "data/cost.json").exists() else {}
+    cost = json.loads(run.file("cost").read_text()) if run.file("cost").exists() else {}
     ex = {r["pipeline"]: r for r in cost.get("extrapolation", {}).get("rows", [])}
     speed = next((r for k, r in ex.items() if k.startswith("SPEED")), None)
     e5 = next((r for k, r in ex.items() if "500,000" in k), None)
@@ -400,8 +399,7 @@ def claims(run, sweeps_intervals: dict | None = None) -> list[dict]:
 
 
 def _marker(run, stage: int) -> dict:
-    f = run.marker(stage)
-    return json.loads(f.read_text()).get("metrics", {}) if f.exists() else {}
+    return run.read_marker(stage).get("metrics", {})
 
 
 __all__ = ["claims", "verdict", "sweep_rows", "sweep_intervals", "size_warnings", "loglinear_fit", "run_summary", "read_result", "load_folder", "eng_v1_scores", "category_table", "table_row", "paper_rows", "deltas",

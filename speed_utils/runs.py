@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "results" / "runs"
+from .paths import RESULTS_DIR
 
 
 # ---------------------------------------------------------------- atomic and append-only I/O
@@ -173,6 +172,28 @@ def sha256_path(path: Path) -> str:
 
 
 # ---------------------------------------------------------------- run folder
+# What the stages hand on, by name: the one place each path is written. The stage registry
+# (speed_utils.registry.STAGES) declares every stage's inputs and outputs by these names, and the services
+# read and write them through RunPaths.file, so a stage cannot write where its contract does not say.
+FILES = {
+    "env": "env.json",
+    "tasks": "data/tasks.jsonl", "brainstorm_rejects": "data/brainstorm_rejects.jsonl",   # 01
+    "seed": "data/seed.jsonl", "seed_rejects": "data/rejects.jsonl",                       # 02
+    "junior": "adapters/junior",                                                           # 03
+    "root": "data/root.jsonl", "prefs": "data/prefs.jsonl", "prefs_rejects": "data/prefs_rejects.jsonl",
+    "senior": "adapters/senior",                                                           # 04
+    "revisions": "data/revisions.jsonl", "revision_rejects": "data/revision_rejects.jsonl",
+    "revisor": "adapters/revisor", "quality": "data/quality.jsonl",                        # 05
+    "synthetic": "data/synthetic.jsonl", "synthesis_rejects": "data/synthesis_rejects.jsonl",  # 06
+    "embedder": "models/embedder", "baseline": "models/baseline",                          # 07
+    "mteb": "mteb", "scores": "data/scores.jsonl", "sts_pairs": "data/sts_pairs.json",
+    "score_intervals": "data/score_intervals.jsonl",                                       # 08
+    "results": "data/results.json",                                                        # 09
+    "ledger": "ledger.jsonl", "cost": "data/cost.json",                                    # 10
+    "sweeps": "data/sweeps.json", "claims": "data/claims.json",                            # 11
+}
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """The layout of ``results/runs/<run_id>/`` (design.md, "Run folder")."""
@@ -185,7 +206,7 @@ class RunPaths:
 
     config = property(lambda s: s.root / "config.yaml")
     manifest = property(lambda s: s.root / "manifest.json")
-    ledger = property(lambda s: s.root / "ledger.jsonl")
+    ledger = property(lambda s: s.file("ledger"))
     teacher_cache = property(lambda s: s.root / "teacher_cache")
     # finished generation batches of stages 04-05, so a killed stage resumes without regenerating
     generation_journal = property(lambda s: s.root / "generation_cache" / "batches.jsonl")
@@ -198,13 +219,32 @@ class RunPaths:
     stages = property(lambda s: s.root / "stages")
     logs = property(lambda s: s.root / "logs")
 
+    def file(self, name: str) -> Path:
+        """A file or folder that stages hand on, by its name in :data:`FILES`."""
+        try:
+            return self.root / FILES[name]
+        except KeyError:
+            raise KeyError(f"{name!r} is not a run file; known: {', '.join(FILES)}") from None
+
     def marker(self, stage: int) -> Path:
         return self.stages / f"{stage:02d}.done.json"
+
+    def read_marker(self, stage: int) -> dict:
+        """A stage's done marker ({} while the stage has not finished)."""
+        path = self.marker(stage)
+        return json.loads(path.read_text()) if path.exists() else {}
 
     def make(self) -> "RunPaths":
         for d in (self.root, self.notebooks, self.data, self.figures, self.stages, self.logs):
             d.mkdir(parents=True, exist_ok=True)
         return self
+
+
+def record_path(out_dir: Path) -> Path:
+    """Where a finished training is recorded: beside its output (an adapter, a model), so that output's own
+    hash is unchanged. ``run --force`` removes it with the output, so the stage trains anew."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f"{out_dir.name}.train.json")
 
 
 def versions() -> dict[str, str]:

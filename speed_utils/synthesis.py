@@ -25,9 +25,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .align import generation_engine, open_generator
 from .config import TASK_TYPES, Config
 from .dedup import dedup
-from .generate import GenRequest, Generator
+from .generate import Generator, GenRequest
 from .prompts import Prompt, revision_prompt
 from .runs import RunPaths, read_jsonl, sha256_path, stale_temp, write_jsonl
 from .schema import KEYS, generator_schema, parse_example, parse_revision, to_training_example
@@ -69,14 +70,14 @@ class Shard:
 def prompts(cfg: Config, run: RunPaths) -> list[Prompt]:
     """The synthesis prompts: types in the profile's mix (7:7:7:2 in the paper), seeded per item."""
     s = cfg.synthesis
-    return seed_prompts(cfg, read_jsonl(run.data / "tasks.jsonl"), s.n_examples, purpose="synthesis",
+    return seed_prompts(cfg, read_jsonl(run.file("tasks")), s.n_examples, purpose="synthesis",
                         type_weights=s.type_weights)
 
 
 def adapters(cfg: Config, run: RunPaths) -> tuple[Path, Path | None]:
     """The writing generator's adapter (senior by default) and the revisor's (or None)."""
     writer = run.adapters / cfg.synthesis.generator
-    return writer, (run.adapters / "revisor" if cfg.synthesis.revise else None)
+    return writer, (run.file("revisor") if cfg.synthesis.revise else None)
 
 
 def _key(obj: dict) -> str:
@@ -96,12 +97,11 @@ def pass_dirs(cfg: Config, run: RunPaths) -> tuple[Path, Path | None]:
         if a is not None and not (a / "adapter_config.json").exists():
             raise SynthesisError(f"synthesis needs the adapter {a}; run stages 03-05 first")
     s = cfg.synthesis
-    from .align import generation_engine
 
     engine = generation_engine(cfg)  # engines sample differently
     wkey = _key({"seed": cfg.run.seed, "generator": cfg.models.generator, "batch": cfg.generation.batch_size, "engine": engine,
                  "sampling": [s.n_examples, s.type_weights, s.chunk_size, s.temperature, s.top_p, s.max_new_tokens],
-                 "adapter": sha256_path(writer), "tasks": sha256_path(run.data / "tasks.jsonl")})
+                 "adapter": sha256_path(writer), "tasks": sha256_path(run.file("tasks"))})
     wdir = run.data / "synthesis" / wkey
     if revisor is None:
         return wdir, None
@@ -128,7 +128,6 @@ def _clear_stale(folder: Path, shard: Shard) -> None:
 def make_chunks(cfg: Config, run: RunPaths, shard: Shard = Shard(), base_model: str | None = None,
                 backend: str | None = None) -> dict:
     """Make every missing chunk this shard owns: first the writer's, then the revisor's."""
-    from .align import open_generator
 
     s = cfg.synthesis
     chunks = chunked(prompts(cfg, run), s.chunk_size)
@@ -248,8 +247,8 @@ def merge(cfg: Config, run: RunPaths) -> dict:
     d = dedup(examples, threshold=s.minhash_threshold, num_perm=s.minhash_num_perm, shingle=s.shingle_chars)
     rejects += [{"id": r["id"], "task_type": r["task_type"], "stage": "dedup", "reason": f"{r['dedup']}_duplicate",
                  "duplicate_of": r["duplicate_of"], "query": r["query"][:400]} for r in d.dropped]
-    write_jsonl(run.data / "synthetic.jsonl", d.kept)
-    write_jsonl(run.data / "synthesis_rejects.jsonl", rejects)
+    write_jsonl(run.file("synthetic"), d.kept)
+    write_jsonl(run.file("synthesis_rejects"), rejects)
     return stats(raw, infos, examples, d, edits)
 
 

@@ -31,6 +31,8 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
+from . import assets
+from .cost import Kind, Usage, total as ledger_total
 from .llama_server import LlamaServer, ServerError, free_port
 from .runs import RunPaths, append_jsonl, read_jsonl
 
@@ -49,7 +51,7 @@ class BudgetExceeded(TeacherError):
 
 @dataclass(frozen=True)
 class Request:
-    """One chat completion. ``tag`` is bookkeeping only and not part of the cache key."""
+    """One chat completion. ``tag`` (the prompt id) and ``kind`` are bookkeeping, not part of the cache key."""
 
     messages: tuple[tuple[str, str], ...]  # (role, content)
     temperature: float = 1.0
@@ -58,6 +60,7 @@ class Request:
     seed: int | None = None
     response_format: str | None = None  # JSON text of an OpenAI response_format, if any
     tag: str = ""
+    kind: Kind | None = None  # what the call is for, as the ledger counts it (not part of the cache key)
 
     @classmethod
     def chat(cls, user: str, system: str | None = None, **kw) -> "Request":
@@ -89,6 +92,7 @@ class Reply:
     attempts: int = 0
     error: str | None = None  # set when this request gave no usable completion (a reject)
     tag: str = ""
+    kind: Kind | None = None
 
     @property
     def ok(self) -> bool:
@@ -111,28 +115,6 @@ class ResponseCache:
 
     def __len__(self) -> int:
         return len(self._rows)
-
-
-@dataclass
-class Usage:
-    calls: int = 0  # requests sent (not cache hits), including failed ones
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-def ledger_usage(path: Path) -> Usage:
-    """Totals over a ledger file: what the budget guard counts."""
-    u = Usage()
-    for row in read_jsonl(path):
-        if not row.get("cache_hit"):
-            u.calls += 1
-            u.prompt_tokens += row.get("prompt_tokens") or 0
-            u.completion_tokens += row.get("completion_tokens") or 0
-    return u
 
 
 @dataclass
@@ -168,7 +150,7 @@ class Teacher:
         self._client = None
         self._lock = threading.Lock()
         self.cache = ResponseCache(run.teacher_cache)
-        self.usage = ledger_usage(run.ledger)  # budget counts the whole run, across reruns
+        self.usage = ledger_total(run.ledger)  # budget counts the whole run, across reruns
         self.session = Usage()  # this object's own calls
         self.cache_hits = 0
         self._stop: TeacherError | None = None
@@ -182,7 +164,7 @@ class Teacher:
         if hit is not None:
             reply = Reply(key=key, content=hit["content"], finish_reason=hit.get("finish_reason"),
                           prompt_tokens=hit.get("prompt_tokens", 0),
-                          completion_tokens=hit.get("completion_tokens", 0), cached=True, tag=req.tag)
+                          completion_tokens=hit.get("completion_tokens", 0), cached=True, tag=req.tag, kind=req.kind)
             with self._lock:
                 self.cache_hits += 1
             self._log(reply)
@@ -245,7 +227,7 @@ class Teacher:
             try:
                 resp = client.chat.completions.create(**req.body(self.s.model))
                 if isinstance(resp, ChatCompletion):
-                    return _reply(resp, key=key, attempts=attempt, latency_s=time.monotonic() - t0, tag=req.tag)
+                    return _reply(resp, key=key, attempts=attempt, latency_s=time.monotonic() - t0, tag=req.tag, kind=req.kind)
                 last, malformed = "malformed response body (not JSON)", True  # openai 3.x returns a str
             except openai.RateLimitError as e:
                 last = f"429 rate limited: {e.message}"
@@ -267,15 +249,15 @@ class Teacher:
                     last = f"{e.status_code}: {e.message}"
                 else:  # 400, 413, 422...: this request is bad, not the endpoint: a counted reject
                     return Reply(key=key, content=None, error=f"http {e.status_code}: {e.message}"[:300],
-                                 attempts=attempt, latency_s=time.monotonic() - t0, tag=req.tag)
+                                 attempts=attempt, latency_s=time.monotonic() - t0, tag=req.tag, kind=req.kind)
             except (ValueError, openai.APIResponseValidationError) as e:  # a 200 whose JSON is broken
                 last, malformed = f"malformed response body ({type(e).__name__})", True
             if attempt <= self.s.max_retries:
                 time.sleep(min(wait, 60.0))
         if malformed:  # the endpoint answers, but not with a completion: reject this request only
-            return Reply(key=key, content=None, error=last, attempts=self.s.max_retries + 1, tag=req.tag)
+            return Reply(key=key, content=None, error=last, attempts=self.s.max_retries + 1, tag=req.tag, kind=req.kind)
         self._log(Reply(key=key, content=None, error=f"unavailable: {last}", attempts=self.s.max_retries + 1,
-                        tag=req.tag))
+                        tag=req.tag, kind=req.kind))
         err = TeacherUnavailable(
             f"{self.describe} did not answer after {self.s.max_retries + 1} attempts (last: {last}). "
             f"Replies so far are cached in {self.run.teacher_cache}; rerun when the endpoint is back.")
@@ -286,7 +268,7 @@ class Teacher:
     def _log(self, r: Reply) -> None:
         append_jsonl(self.run.ledger, [{
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": self.stage, "model": self.s.model,
-            "key": r.key[:16], "tag": r.tag, "cache_hit": r.cached,
+            "key": r.key[:16], "tag": r.tag, **({"kind": r.kind} if r.kind else {}), "cache_hit": r.cached,
             "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
             "latency_s": round(r.latency_s, 3), "attempts": r.attempts, "finish_reason": r.finish_reason,
             "status": "ok" if r.ok else "error", "error": r.error}])
@@ -389,8 +371,6 @@ class open_teacher:
     """
 
     def __init__(self, cfg, run: RunPaths, stage: str):
-        from . import assets
-
         tc = cfg.teacher
         self.server: LlamaServer | None = None
         settings = TeacherSettings.from_cfg(tc)
@@ -420,4 +400,4 @@ class open_teacher:
 
 
 __all__ = ["Request", "Reply", "Teacher", "TeacherSettings", "TeacherError", "TeacherUnavailable",
-           "BudgetExceeded", "LlamaServer", "free_port", "open_teacher", "ledger_usage"]
+           "BudgetExceeded", "LlamaServer", "free_port", "open_teacher"]

@@ -16,6 +16,7 @@ from .config import TASK_TYPES, Config, resolve_path
 from .prompts import Prompt, allocate, brainstorm_prompt, generation_prompt, rng_for, sample_topics, templates
 from .runs import RunPaths, read_jsonl, write_jsonl
 from .schema import STS_TASK, TASK_LIST_SCHEMA, Parsed, json_schema, parse_example, parse_task_list, response_format
+from .cost import Kind
 from .teacher import Reply, Request, Teacher
 
 RAW_KEEP = 4000  # characters of a rejected reply kept for inspection
@@ -31,14 +32,15 @@ def _reject(p: Prompt, reason: str, reply: Reply) -> dict:
             "finish_reason": reply.finish_reason, "raw": (reply.content or "")[:RAW_KEEP]}
 
 
-def ask_teacher(teacher: Teacher, prompts: list[Prompt], sampling, run_seed: int, desc: str,
+def ask_teacher(teacher: Teacher, kind: Kind, prompts: list[Prompt], sampling, run_seed: int, desc: str,
                 parse: Callable[[Prompt, Reply], Parsed], schema: Callable[[Prompt], str | None] = lambda p: None,
                 ) -> tuple[list[tuple[Prompt, Reply, Parsed]], list[dict]]:
     """Send one request per prompt (``sampling`` has temperature, top_p, max_tokens), parse each
-    reply, and split the results into kept ``(prompt, reply, parsed)`` and reject rows."""
+    reply, and split the results into kept ``(prompt, reply, parsed)`` and reject rows. ``kind`` is what
+    the ledger counts the calls as (:data:`speed_utils.cost.Kind`)."""
     reqs = [Request.chat(p.text, temperature=sampling.temperature, top_p=sampling.top_p,
                          max_tokens=sampling.max_tokens, seed=request_seed(run_seed, p.id),
-                         response_format=schema(p), tag=p.id) for p in prompts]
+                         response_format=schema(p), tag=p.id, kind=kind) for p in prompts]
     kept, rejects = [], []
     for p, r in zip(prompts, teacher.map(reqs, desc=desc)):
         parsed = parse(p, r) if r.ok else None
@@ -63,7 +65,7 @@ def brainstorm_tasks(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
                for i, topic in enumerate(topics) for t in b.types]
     fmt = response_format("task_list", TASK_LIST_SCHEMA) if cfg.teacher.structured_output else None
     kept, rejects = ask_teacher(
-        teacher, prompts, b, cfg.run.seed, "01 brainstorm", schema=lambda p: fmt,
+        teacher, "brainstorm", prompts, b, cfg.run.seed, "01 brainstorm", schema=lambda p: fmt,
         parse=lambda p, r: parse_task_list(r.content, r.finish_reason,
                                            exclude=tuple(templates()["brainstorm"][p.task_type]["examples"])))
     rows, seen, duplicates = [], set(), 0
@@ -78,8 +80,8 @@ def brainstorm_tasks(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
     for i, topic in enumerate(topics):
         rows.append({"id": f"s{i:05d}-sts", "task_type": "sts", "task": STS_TASK, "topic": topic,
                      "source": "fixed", "prompt_id": None})
-    write_jsonl(run.data / "tasks.jsonl", rows)
-    write_jsonl(run.data / "brainstorm_rejects.jsonl", rejects)
+    write_jsonl(run.file("tasks"), rows)
+    write_jsonl(run.file("brainstorm_rejects"), rejects)
     per_type = Counter(r["task_type"] for r in rows)
     calls_per_type = Counter(p.task_type for p in prompts)
     rejected_per_type = Counter(r["task_type"] for r in rejects)
@@ -119,10 +121,10 @@ def seed_prompts(cfg: Config, tasks: Iterable[dict], n: int, purpose: str = "see
 def seed_examples(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
     """Have the teacher write one example per sampled prompt; write ``seed.jsonl`` and ``rejects.jsonl``."""
     s = cfg.seed
-    prompts = seed_prompts(cfg, read_jsonl(run.data / "tasks.jsonl"), s.n_examples)
+    prompts = seed_prompts(cfg, read_jsonl(run.file("tasks")), s.n_examples)
     structured = cfg.teacher.structured_output
     kept, rejects = ask_teacher(
-        teacher, prompts, s, cfg.run.seed, "02 seed",
+        teacher, "seed", prompts, s, cfg.run.seed, "02 seed",
         parse=lambda p, r: parse_example(p.task_type, r.content, r.finish_reason),
         schema=lambda p: response_format(p.task_type, json_schema(p.task_type)) if structured else None)
     rows = []
@@ -130,8 +132,8 @@ def seed_examples(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
         rows.append({"id": p.id, "task_type": p.task_type, "task": p.task, "topic": p.topic,
                      "attributes": p.attributes, "prompt": p.text, "output": parsed.value,
                      "repaired": parsed.repaired, "teacher_key": r.key[:16]})
-    write_jsonl(run.data / "seed.jsonl", rows)
-    write_jsonl(run.data / "rejects.jsonl", rejects)
+    write_jsonl(run.file("seed"), rows)
+    write_jsonl(run.file("seed_rejects"), rejects)
     asked = Counter(p.task_type for p in prompts)
     valid = Counter(r["task_type"] for r in rows)
     return {

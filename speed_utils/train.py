@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Sequence
 
 from . import chat
+from .chat import load_tokenizer
 from .config import LoraCfg, TrainCfg
 from .precision import amp_flags, compute_dtype, dtype_name, release_memory, trained_in
-from .runs import atomic_write_json, sha256_path
+from .runs import atomic_write_json, record_path, sha256_path
 
 log = logging.getLogger(__name__)
 MICRO_BATCH_CPU = 4  # per-device batch on the CPU; the rest of the batch is gradient accumulation
@@ -164,8 +165,6 @@ def load_causal_lm(model_id: str, qlora: bool, adapter: str | Path | None = None
     The LoRA weights peft adds stay fp32, so the optimizer updates full-precision numbers."""
     from transformers import AutoModelForCausalLM
 
-    from .chat import load_tokenizer
-
     q = quant_config(qlora)
     kw = {"quantization_config": q, "device_map": quant_device_map()} if q else {}
     model = AutoModelForCausalLM.from_pretrained(model_id, dtype=compute_dtype(), **kw)
@@ -180,12 +179,6 @@ def load_causal_lm(model_id: str, qlora: bool, adapter: str | Path | None = None
 
 def _losses(trainer, key: str = "loss") -> list[tuple[int, float]]:
     return [(h["step"], float(h[key])) for h in trainer.state.log_history if key in h and "step" in h]
-
-
-def record_path(out_dir: Path) -> Path:
-    """Where a finished training is recorded: beside the adapter, so the adapter's own hash is unchanged."""
-    out_dir = Path(out_dir)
-    return out_dir.with_name(f"{out_dir.name}.train.json")
 
 
 def training_key(**inputs) -> str:

@@ -31,6 +31,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .paths import REPO_ROOT
 
 MAX_MODEL_LEN = 4096  # tokens per sequence: the longest request (a revision prompt + its completion) fits
 GPU_SHARE = 0.85  # gpu_memory_utilization: the share of the card the engine takes (speed_utils.plan)
@@ -117,12 +118,10 @@ def _load(ref: str) -> Callable:
 def default_python() -> str:
     """The interpreter of the vLLM environment: ``$SPEED_REPRO_VLLM_PYTHON``, else ``.venv-vllm`` beside the
     repository (``make vllm-env``: vLLM pins its own torch and transformers), else this one."""
-    from .runs import REPO_ROOT
-
     env = os.environ.get("SPEED_REPRO_VLLM_PYTHON")
     if env:
         return env
-    own = Path(REPO_ROOT) / ".venv-vllm"
+    own = REPO_ROOT / ".venv-vllm"
     return str(own / "bin" / "python") if (own / ".installed").exists() else sys.executable
 
 
@@ -148,7 +147,7 @@ class VllmWorker:
         self.log_path = Path(log_path or Path(tempfile.gettempdir()) / "speed-vllm-worker.log")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "SPEED_REPRO_WORKER_KEY": key.hex()}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                           env.get("PYTHONPATH")]))
         self.python, self.conn = python or default_python(), None
         try:

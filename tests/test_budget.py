@@ -53,7 +53,7 @@ def test_colab_line_says_where_a_runtime_ends():
         rows, rates = budget.estimate(cfg, card), budget.rates_for(cfg, card)
         total = sum(x.seconds for x in rows)
         line = budget.colab_line(rates, rows)
-        assert (f"fits one 24 h runtime" in line) == (total <= 0.9 * 24 * 3600), line
+        assert ("fits one 24 h runtime" in line) == (total <= 0.9 * 24 * 3600), line
     assert budget.colab_line(budget.rates_for(load_profile("cpu")), budget.estimate(load_profile("cpu"))) is None
     long = [budget.StageEstimate(n, f"s{n}", 10 * 3600, "") for n in range(3)]
     assert "ends in stage 02 s2" in budget.colab_line({"colab_runtime_h": 24, "gpu": "L4"}, long)
@@ -83,15 +83,15 @@ def test_rates_measured_with_other_models_are_marked():
 
 
 def test_the_line_before_a_run_gives_the_time_only_where_rates_fit(tmp_path, monkeypatch):
-    from speed_utils import pipeline, precision
+    from speed_utils import precision, runner
     from speed_utils.runs import RunPaths
 
     run = RunPaths(tmp_path / "run")
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ("amx_bf16",))
-    cpu = pipeline._expected(load_profile("cpu"), run, list(range(12)), False)
+    cpu = runner._expected(load_profile("cpu"), run, list(range(12)), False)
     minutes = sum(x.seconds for x in budget.estimate(load_profile("cpu"))) / 60
     assert cpu.startswith(f"expected: about {minutes:.0f} min for 12 stage(s) on this machine") and "at no cost" in cpu
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ())
-    assert "on this CPU, which has no bf16 units" in pipeline._expected(load_profile("cpu"), run, list(range(12)), False)
-    smoke = pipeline._expected(load_profile("smoke"), run, list(range(12)), False)
+    assert "on this CPU, which has no bf16 units" in runner._expected(load_profile("cpu"), run, list(range(12)), False)
+    smoke = runner._expected(load_profile("smoke"), run, list(range(12)), False)
     assert smoke.startswith("expected: 12 stage(s) (no rates measured") and "min" not in smoke

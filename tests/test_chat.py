@@ -1,7 +1,6 @@
 """Chat templates (speed_utils.chat): a base without one (LLaMA-3-8B) trains and generates with one template."""
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 

@@ -28,7 +28,7 @@ def test_every_profile_loads(name):
 
 def test_the_study_changes_only_stage_11_of_the_cpu_run():
     """`make study` adopts stages 00-10 from the default run: their config hashes must not move."""
-    from speed_utils.pipeline import STAGES
+    from speed_utils.registry import STAGES
 
     cpu, study = load_profile("cpu"), load_profile("study")
     for n, stage in STAGES.items():
@@ -131,7 +131,7 @@ def test_cli_validate_exits_2_without_traceback(tmp_path):
     data = base_profile()
     data["bogus"] = 1
     p = write(tmp_path, "bad", data)
-    proc = subprocess.run([sys.executable, "-m", "speed_utils.pipeline", "validate", str(p)],
+    proc = subprocess.run([sys.executable, "-m", "speed_utils.cli", "validate", str(p)],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "bogus: unknown key" in proc.stderr and "Traceback" not in proc.stderr

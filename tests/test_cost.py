@@ -18,8 +18,10 @@ LEDGER = [row("01_brainstorm", "b00000-retrieval", 100, 50), row("01_brainstorm"
 
 
 def test_kind_of_tags():
-    assert [cost.kind_of(t) for t in ("b00003-long_long", "s00012-sts", "judge-senior00001-sts", "rev-x", "q-pair-y", "zzz")] \
+    """A row's kind is what its request said; a ledger from before requests carried one is decoded by prompt id."""
+    assert [cost.kind_of({"tag": t}) for t in ("b00003-long_long", "s00012-sts", "judge-senior00001-sts", "rev-x", "q-pair-y", "zzz")] \
         == ["brainstorm", "seed", "judge", "revision", "quality", "other"]
+    assert cost.kind_of({"tag": "s00012-sts", "kind": "judge"}) == "judge"
 
 
 def test_stage_table_is_exact(tmp_path):

@@ -5,7 +5,6 @@ own converter, a real server on loopback.
 """
 import pytest
 
-from conftest import random_adapter
 from speed_utils import assets
 from speed_utils.generate import Generator, GenRequest
 

@@ -66,7 +66,7 @@ def cli(*args, hub: str, home: Path, **env) -> subprocess.CompletedProcess:
     """The command line against the scripted Hub, with no token but the one a test sets (an empty HF_HOME:
     a developer's saved login never reaches the fake Hub)."""
     environ = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_TOKEN_PATH")}
-    return subprocess.run([sys.executable, "-m", "speed_utils.pipeline", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "speed_utils.cli", *args], capture_output=True, text=True,
                           cwd=REPO, timeout=300, env={**environ, "HF_ENDPOINT": hub, "HF_HOME": str(home),
                                                       "SPEED_TEST_TEACHER_KEY": "k", **env})
 
@@ -87,11 +87,11 @@ def test_validate_names_the_gated_model_its_licence_page_and_hf_token(fake_hub, 
 
 
 def test_validate_passes_what_this_machine_can_run_and_checks_only_files_with_schema_only():
-    proc = subprocess.run([sys.executable, "-m", "speed_utils.pipeline", "validate", "smoke", "cpu"],
+    proc = subprocess.run([sys.executable, "-m", "speed_utils.cli", "validate", "smoke", "cpu"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "fail" not in proc.stdout and proc.stdout.count("skip  hub") == 2  # offline: PyPI wheels
-    only = subprocess.run([sys.executable, "-m", "speed_utils.pipeline", "validate", "--schema-only", "paper"],
+    only = subprocess.run([sys.executable, "-m", "speed_utils.cli", "validate", "--schema-only", "paper"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert only.returncode == 0 and "hub" not in only.stdout  # the paper profile's files are fine
 

@@ -7,7 +7,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from speed_utils import pipeline
+from speed_utils import cli, registry, runner, sweeps
+from speed_utils.paths import REPO_ROOT
 from tally import TALLIES
 from speed_utils.config import ConfigError, load_profile
 from speed_utils.runs import RunLock, RunLocked, RunPaths, append_jsonl, update_manifest, write_jsonl
@@ -74,10 +75,10 @@ def test_qlora_without_cuda_fails_before_a_run_folder_exists(tmp_path, monkeypat
     prof = tmp_path / "q.yaml"
     prof.write_text(yaml.safe_dump({"extends": "smoke", "junior": {"qlora": True}, "embedder": {"qlora": True}}))
     with pytest.raises(ConfigError) as e:
-        pipeline.run(str(prof), runs_dir=tmp_path / "runs")
+        runner.run(str(prof), runs_dir=tmp_path / "runs")
     assert f"{prof}: junior.qlora" in str(e.value) and f"{prof}: embedder.qlora" in str(e.value)
     assert "no CUDA" in str(e.value) and not (tmp_path / "runs").exists()
-    assert pipeline.main(["run", "--profile", str(prof), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert cli.main(["run", "--profile", str(prof), "--runs-dir", str(tmp_path / "runs")]) == 2
     TALLIES["bad params files tried"]["QLoRA without CUDA"] += 1
 
 
@@ -88,12 +89,12 @@ def test_second_runner_on_the_same_run_folder_exits_with_a_clear_message(tmp_pat
 
     folder = tmp_path / "runs" / "busy"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from speed_utils.runs import RunLock; "
-                               f"RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(folder)],
+                               "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(folder)],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         lines = []
-        rc = pipeline.run("smoke", run_id="busy", runs_dir=tmp_path / "runs", log=lines.append)
+        rc = runner.run("smoke", run_id="busy", runs_dir=tmp_path / "runs", log=lines.append)
         with pytest.raises(RunLocked, match="being written by another runner"):
             RunLock(folder).acquire()
     finally:
@@ -113,14 +114,14 @@ def test_verify_reports_each_problem(tmp_path, capsys):
     (run.adapters / "junior" / "adapter_config.json").write_text("{}")
     update_manifest(run, 2, [run.data / "seed.jsonl", run.adapters / "junior"])
     append_jsonl(run.ledger, [{"a": 1}])
-    assert pipeline.verify(run.root) == 0
+    assert cli.verify(run.root) == 0
     with open(run.data / "seed.jsonl", "r+b") as f:  # truncate mid-row
         f.truncate(f.seek(0, 2) - 3)
     (run.adapters / "junior" / "adapter_model.safetensors").unlink()
     with open(run.ledger, "ab") as f:
         f.write(b'{"cut": ')
     lines = []
-    assert pipeline.verify(run.root, log=lines.append) == 1
+    assert cli.verify(run.root, log=lines.append) == 1
     text = "\n".join(lines)
     assert "data/seed.jsonl: sha256 differs" in text and "data/seed.jsonl: 4 rows, the manifest says 5" in text
     assert "adapters/junior: sha256 differs" in text and "ledger.jsonl: ends in a partial line" in text
@@ -137,7 +138,7 @@ def test_truncated_teacher_completion_is_a_counted_reject(smoke_cfg, run_paths, 
     with FakeTeacher(default=lambda body: ("ok", '{"S1": "a cat sat", "S2": "a cat is sitt', "length")) as fake:
         teacher = make_teacher(fake.base_url)
         p = generation_prompt("sts", 0, 0, topic="Top/Pets")
-        kept, rejects = ask_teacher(teacher, [p], smoke_cfg.seed, 0, "t",
+        kept, rejects = ask_teacher(teacher, "seed", [p], smoke_cfg.seed, 0, "t",
                                     parse=lambda p, r: parse_example(p.task_type, r.content, r.finish_reason))
     assert kept == [] and rejects[0]["reason"] == "truncated" and rejects[0]["finish_reason"] == "length"
 
@@ -170,7 +171,7 @@ def test_rerunning_an_adopted_stage_never_writes_into_the_donor(tmp_path):
     (donor.root / "env.json").write_text('{"donor": true}')
     point = RunPaths(tmp_path / "point").make()
     (point.root / "env.json").symlink_to(donor.root / "env.json")
-    ctx = pipeline.StageContext(point.root, "smoke", stage=0)
+    ctx = registry.StageContext(point.root, "smoke", stage=0)
     assert not (point.root / "env.json").exists() and (donor.root / "env.json").read_text() == '{"donor": true}'
     ctx.lock.release()
 
@@ -181,9 +182,9 @@ def test_editing_a_sweep_spec_invalidates_stage_11(tmp_path):
     prof = tmp_path / "p.yaml"
     prof.write_text(yaml.safe_dump({"extends": "smoke", "sweeps": {"scaling": str(spec)}}))
     run = RunPaths(tmp_path / "run").make()
-    before = pipeline.expected_marker(run, load_profile(prof), pipeline.STAGES[11])["config_hash"]
+    before = registry.expected_marker(run, load_profile(prof), registry.STAGES[11])["config_hash"]
     spec.write_text("name: s\nprofile: smoke\ngrid: {embedder.train_examples: [3, 6]}\n")
-    assert pipeline.expected_marker(run, load_profile(prof), pipeline.STAGES[11])["config_hash"] != before
+    assert registry.expected_marker(run, load_profile(prof), registry.STAGES[11])["config_hash"] != before
 
 
 def test_stage_11_hands_the_ablation_points_to_the_scaling_sweep_as_donors(monkeypatch, tmp_path):
@@ -193,20 +194,20 @@ def test_stage_11_hands_the_ablation_points_to_the_scaling_sweep_as_donors(monke
         calls.append((spec, list(donors)))
         return {"points": {p: {"run": str(runs_dir / Path(spec).stem / p)} for p in ("a", "b")}}
 
-    monkeypatch.setattr(pipeline, "sweep", fake_sweep)
+    monkeypatch.setattr(runner, "sweep", fake_sweep)
     cfg = load_profile("cpu")
     run = RunPaths(tmp_path / "run")
-    pipeline.run_sweeps(cfg, run, log=lambda *_: None)
+    runner.run_sweeps(cfg, run, log=lambda *_: None)
     ablation_points = [run.root / "sweeps" / "cpu-ablation" / p for p in ("a", "b")]
     assert [Path(s).stem for s, _ in calls] == ["cpu-ablation", "cpu-scaling"]
     assert calls[0][1] == [run.root] and calls[1][1] == [run.root, *ablation_points]
 
 
-@pytest.mark.parametrize("spec", sorted((Path(pipeline.REPO_ROOT) / "params" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("spec", sorted((REPO_ROOT / "params" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_sweep_has_exactly_its_points(spec):
     """Named points, or one per grid combination: never an extra unnamed point (product() of no grid)."""
     raw = yaml.safe_load(spec.read_text())
-    points = pipeline.load_sweep(spec)["points"]
+    points = sweeps.load_sweep(spec)["points"]
     want = len(raw.get("points") or {})
     for values in (raw.get("grid") or {}).values():
         want = (want or 1) * len(values)
@@ -229,7 +230,7 @@ def test_evaluation_revision_follows_the_weights(tmp_path):
 
 
 def test_corrupt_inputs_are_caught_by_their_checksums(tmp_path):
-    from speed_utils.pipeline import StageContext, StageError
+    from speed_utils.registry import StageContext, StageError
 
     run = RunPaths(tmp_path / "run").make()
     write_jsonl(run.data / "seed.jsonl", [{"i": i} for i in range(4)])
@@ -250,7 +251,7 @@ def test_corrupt_inputs_are_caught_by_their_checksums(tmp_path):
 def test_api_key_as_a_papermill_parameter_is_refused(monkeypatch):
     import __main__
 
-    from speed_utils.pipeline import StageError, refuse_secret_parameters
+    from speed_utils.registry import StageError, refuse_secret_parameters
 
     monkeypatch.setattr(__main__, "api_key", "sk-canary-123", raising=False)
     with pytest.raises(StageError, match="api_key: API keys must not be papermill parameters"):
@@ -265,7 +266,7 @@ def test_snapshot_copies_small_results_and_summarises_the_ledger(tmp_path):
     (run.data / "big.jsonl").write_bytes(b"{}\n" * 600_000)  # 1.8 MB: stays out
     append_jsonl(run.ledger, [{"stage": "02_seed", "key": "a", "cache_hit": False, "prompt_tokens": 5, "completion_tokens": 2},
                               {"stage": "02_seed", "key": "a", "cache_hit": True}])
-    assert pipeline.snapshot(run.root, tmp_path / "snap") == 0
+    assert cli.snapshot(run.root, tmp_path / "snap") == 0
     names = {p.name for p in (tmp_path / "snap").iterdir()}
     assert {"config.yaml", "02.done.json", "seed.jsonl", "ledger_summary.json"} <= names and "big.jsonl" not in names
     summary = json.loads((tmp_path / "snap" / "ledger_summary.json").read_text())

@@ -4,11 +4,11 @@ import time
 
 import pytest
 
-from fakes import INJECTED, FakeTeacher, completion
-from speed_utils.config import load_profile
+from fakes import INJECTED, FakeTeacher
 from speed_utils.runs import read_jsonl
+from speed_utils.cost import total as ledger_usage, usage
 from speed_utils.teacher import (BudgetExceeded, Request, Teacher, TeacherError, TeacherSettings, TeacherUnavailable,
-                                 free_port, ledger_usage)
+                                 free_port)
 from speed_utils.teacher_data import seed_examples
 
 VALID_STS = json.dumps({"S1": "a cat sleeps", "S2": "a cat is asleep", "S3": "a dog barks"})
@@ -129,6 +129,16 @@ def test_cache_makes_a_rerun_free(make_teacher):
         assert [r.content for r in first] == [r.content for r in second]
         assert len(fake.requests) == 5 and all(r.cached for r in second)
         assert ledger_usage(t.run.ledger).calls == 5
+
+
+def test_the_ledger_counts_each_call_by_the_kind_its_request_named(make_teacher):
+    with FakeTeacher(default=lambda b: ("ok", "fine")) as fake:
+        t = make_teacher(fake.base_url)
+        t.map([Request.chat(f"p{i}", seed=i, tag=f"s{i:05d}-sts", kind=k) for i, k in enumerate(("judge", "seed", "judge"))])
+        rows = list(read_jsonl(t.run.ledger))
+        assert sorted(r["kind"] for r in rows) == ["judge", "judge", "seed"]  # the kind, not the tag's prefix
+        assert {k: u.calls for k, u in usage(rows).items()} == {"judge": 2, "seed": 1}
+        assert Request.chat("p0", seed=0, kind="judge").key("m") == Request.chat("p0", seed=0).key("m")  # not cached apart
 
 
 def test_budget_guard_stops_and_keeps_work(make_teacher):

@@ -1,0 +1,315 @@
+"""The papermill runner: each stage notebook in a fresh kernel, in order, skipping what is done.
+
+:func:`run` validates the profile and runs the pre-flight before it creates anything, writes the run's
+``config.yaml`` once (the stages read it), then executes ``notebooks/NN_*.ipynb`` into the run folder.
+By default the terminal gets one line per stage, the stages' progress bars and warnings, a table of
+seconds per stage and a summary; papermill's cell log and the kernels' messages go to ``logs/``.
+A stage that :attr:`~speed_utils.registry.Stage.runs_sweeps` (11) has its sweeps run here first
+(:func:`run_sweeps`), each point a run of its own; its notebook reads their summaries.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from . import preflight, report
+from .budget import estimate as wall_time, in_words, rates_for, slower_here
+from .config import Config, load_profile, merge_dicts, profile_path
+from .cost import STAGE_OF, estimate as teacher_plan
+from .paths import NOTEBOOKS_DIR, RESULTS_DIR
+from .registry import STAGES, StageError, marker_matches
+from .runs import (LOCK_ENV, RunLock, RunLocked, RunPaths, append_jsonl, atomic_write_json, atomic_write_text,
+                   record_path, remove)
+from .sweeps import SWEEP_KINDS, adopt_run, adopt_stages, load_sweep
+
+KERNEL_NAME = "speed-repro"  # pinned; registered in the venv by `make setup` or on first run
+
+# Variables every stage kernel gets unless the caller set them (toolchain.md, "Recommendations").
+KERNEL_ENV = {"TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+              "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "PYTHONWARNINGS": "ignore::FutureWarning",
+              # glibc >= 2.35 backs malloc's large chunks with transparent huge pages: torch's CPU training
+              # allocates and frees GBs a step, and 4 KiB page faults took a quarter of an SFT step's CPU time
+              # (benchmarks/precision.py --task sft, 2026-12-02: system time 80 -> 42 s, 94 -> 81 s a step)
+              "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+
+
+def ensure_kernel() -> None:
+    """Register the pinned kernel in this environment (``--sys-prefix``) if it is missing."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if KERNEL_NAME in KernelSpecManager().find_kernel_specs():
+        return
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=KERNEL_NAME, display_name="speed-repro (Python 3)", prefix=sys.prefix)
+
+
+def _stage_files(notebooks_dir: Path) -> dict[int, Path]:
+    found = {}
+    for nb in sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb")):
+        found[int(nb.name[:2])] = nb
+    return found
+
+
+def run(profile: str, run_id: str | None = None, start: int = 0, until: int | None = None,
+        force: bool = False, notebooks_dir: Path = NOTEBOOKS_DIR, runs_dir: Path | None = None,
+        log=print, donors: Sequence[Path] = (), verbose: bool = True) -> int:
+    """Execute the stage notebooks in order; return a process exit code (3: the run folder is in use).
+
+    ``donors``: finished runs whose stages this run adopts where config and inputs match
+    (:func:`adopt_run`), e.g. ``make study`` adopting stages 00-10 from the default cpu run.
+    ``verbose=False`` (the command line's default): one line per stage and the stages' own progress
+    bars and warnings; papermill's cell chatter, the notebooks' prints and the kernels' messages go to
+    ``logs/``. Sweeps and tests keep everything."""
+    cfg = load_profile(profile)  # validate before anything is created
+    prof = profile_path(profile)
+    preflight.require(preflight.check(cfg, prof, network=False))  # the Hub and the endpoint: stage 00
+    for donor in map(RunPaths, map(Path, donors)):  # before the run folder is made
+        if not donor.config.exists():
+            raise StageError(f"--donor {donor.root}: not a run folder (no config.yaml)")
+    run_paths = RunPaths.for_run(run_id or cfg.name, runs_dir).make()
+    try:
+        lock = RunLock(run_paths.root).acquire()
+    except RunLocked as e:
+        log(f"error: {e}")
+        return 3
+    previous = os.environ.get(LOCK_ENV)
+    try:
+        os.environ[LOCK_ENV] = str(run_paths.root.resolve())  # the stage kernels inherit it
+        if donors and not force:
+            adopt_run(run_paths, cfg, [RunPaths(Path(d)) for d in donors], until if until is not None else max(STAGES), log)
+        return _run_stages(cfg, prof, run_paths, start, until, force, notebooks_dir, log, verbose)
+    finally:
+        if previous is None:
+            os.environ.pop(LOCK_ENV, None)
+        else:
+            os.environ[LOCK_ENV] = previous
+        lock.release()
+
+
+def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until: int | None, force: bool,
+                notebooks_dir: Path, log, verbose: bool = True) -> int:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    t_run = time.monotonic()
+
+    atomic_write_text(run_paths.config, cfg.to_yaml())
+    files = _stage_files(notebooks_dir)
+    todo = [n for n in sorted(files) if n >= start and (until is None or n <= until)]
+    unknown = [n for n in todo if n not in STAGES]
+    if unknown:
+        log(f"error: notebooks {unknown} have no entry in speed_utils.registry.STAGES")
+        return 2
+    for k, v in KERNEL_ENV.items():
+        os.environ.setdefault(k, v)
+    if cfg.run.offline == "always":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    ensure_kernel()
+    log(f"run {run_paths.root} (profile {cfg.name}, stages {', '.join(f'{n:02d}' for n in todo)})")
+    if not verbose:
+        log(_expected(cfg, run_paths, todo, force))
+    walls: dict[int, float | None] = {}
+    for i, n in enumerate(todo, 1):
+        stage = STAGES[n]
+        label = f"[{i}/{len(todo)}] stage {n:02d} {stage.name}"
+        ok, why = marker_matches(run_paths, cfg, stage)
+        if ok and not force:
+            log(f"{label}: skipped ({why}; --force reruns it)")
+            walls[n] = None
+            continue
+        log(f"{label}: running ({why if not force else 'forced'})")
+        if force:  # from scratch: a forced stage trains again rather than reusing its finished trainings
+            for rel in stage.outputs + stage.optional_outputs:
+                remove(record_path(run_paths.root / rel))
+        out_nb = run_paths.notebooks / files[n].name
+        t0 = time.monotonic()
+        logs = run_paths.logs / files[n].stem
+        try:
+            if stage.runs_sweeps:
+                _sweeps_of_stage(cfg, run_paths, Path(f"{logs}.sweeps.log"), log, verbose)
+            with open(f"{logs}.stdout.log", "a") as out, open(f"{logs}.stderr.log", "a") as err:
+                for f in (out, err):
+                    f.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} stage {n:02d} ====\n")
+                    f.flush()  # visible at once to whoever watches the logs
+                with _quiet(err, Path(f"{logs}.papermill.log"), not verbose):
+                    papermill.execute_notebook(
+                        str(files[n]), str(out_nb), kernel_name=KERNEL_NAME, cwd=str(notebooks_dir),
+                        parameters={"run_dir": str(run_paths.root), "profile": str(prof)},
+                        log_output=True, progress_bar=False, stdout_file=out, stderr_file=err)
+        except StageError as e:  # a sweep point failed
+            log(f"{label}: FAILED: {e}")
+            return 1
+        except PapermillExecutionError as e:
+            log(f"{label}: FAILED in cell {e.cell_index} (execution count {e.exec_count})\n"
+                f"  {e.ename}: {e.evalue}\n  executed notebook: {out_nb}\n"
+                f"  logs: {run_paths.logs / (files[n].stem + '.stderr.log')}")
+            return 1
+        except Exception as e:  # kernel died, notebook unreadable, ...
+            hint = ("\n  the kernel process was killed, most often by the out-of-memory killer: lower the stage's "
+                    "micro_batch_size or max_length in the profile (`speed-repro plan` estimates GPU memory)"
+                    if type(e).__name__ == "DeadKernelError" else "")
+            log(f"{label}: FAILED before or outside a cell: {type(e).__name__}: {e}\n  executed notebook: {out_nb}{hint}")
+            return 1
+        ok, why = marker_matches(run_paths, cfg, stage)
+        if not ok:
+            log(f"{label}: FAILED: the notebook ran but its done marker does not match ({why}); "
+                f"see {out_nb}")
+            return 1
+        marker = json.loads(run_paths.marker(n).read_text())
+        wall = time.monotonic() - t0
+        append_jsonl(run_paths.logs / "timings.jsonl", [{"stage": n, "name": stage.name, "wall_s": round(wall, 2),
+                                                         "in_kernel_s": marker["seconds"], "profile": cfg.name,
+                                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}])
+        log(f"{label}: done in {wall:.1f}s  " + (json.dumps(marker["metrics"])[:300] if verbose
+                                                  else report.headline(n, marker["metrics"])))
+        walls[n] = wall
+    log(stage_time_table(walls))
+    if any(w is not None for w in walls.values()) or not (run_paths.root / "report.html").exists():
+        try:
+            report.build(run_paths)
+        except Exception as e:  # noqa: BLE001 - the run's results stand without their rendering
+            log(f"warning: report.html could not be built ({type(e).__name__}: {e}); `speed-repro report "
+                f"{run_paths.root}` retries")
+    log(f"finished: {run_paths.root}")
+    if not verbose:
+        log(report.summary(run_paths, time.monotonic() - t_run))
+    return 0
+
+
+def _expected(cfg: Config, run_paths: RunPaths, todo: list[int], force: bool) -> str:
+    """Before a run: the wall time the stages still to run should take here, and what the teacher costs."""
+    left = [n for n in todo if force or not marker_matches(run_paths, cfg, STAGES[n])[0]]
+    if not left:
+        return "every stage is up to date: nothing to do but the report"
+    rates = rates_for(cfg)
+    factor = slower_here(rates)
+    seconds = sum(x.seconds for x in wall_time(cfg) if x.stage in left) * (factor or 1.0)
+    where = (f"on one {rates['gpu']} (published rates)" if rates.get("gpu") else
+             "on this CPU, which has no bf16 units (fp32)" if factor else "on this machine")
+    when = (f"about {in_words(seconds)} for {len(left)} stage(s) {where} (speed-repro estimate --profile {cfg.name})"
+            if "no params/rates-" not in rates["machine"] and not rates.get("other_models")
+            else f"{len(left)} stage(s) (no rates measured for this profile's hardware and models)")
+    teacher = [r for r in teacher_plan(cfg) if STAGE_OF.get(r["kind"]) in left]
+    calls, usd = sum(r["calls"] for r in teacher), sum(r["usd_max"] for r in teacher)
+    money = "on the local llama.cpp server, at no cost" if cfg.teacher.backend == "llamacpp" else \
+        f"at most ${usd:,.2f} at {cfg.teacher.model}'s list prices (params/prices.yaml)"
+    return f"expected: {when}; at most {calls:,} teacher calls, {money}"
+
+
+@contextlib.contextmanager
+def _quiet(kernel_log, papermill_log: Path, quiet: bool):
+    """Quiet mode for one stage. The terminal gets what papermill logs as warnings: the stage's stderr, its
+    progress bars and warnings. papermill's cell chatter and the notebook's prints go to ``papermill_log``,
+    and the kernel process's own messages (it inherits file descriptor 2) to ``kernel_log``."""
+    if not quiet:
+        yield
+        return
+    pm = logging.getLogger("papermill")
+    saved_state = (pm.level, pm.propagate, list(pm.handlers))
+    with open(papermill_log, "a") as chatter:
+        to_file, to_terminal = logging.StreamHandler(chatter), logging.StreamHandler(sys.stdout)
+        to_terminal.setLevel(logging.WARNING)
+        to_terminal.terminator = ""  # the stage's stderr as it came: a progress bar redraws its line with \r, and a
+        # newline after each chunk printed every redraw on a line of its own (a smoke run: 110 such lines)
+        for h in (to_file, to_terminal):
+            h.setFormatter(logging.Formatter("%(message)s"))
+        pm.setLevel(logging.INFO)
+        pm.propagate, pm.handlers = False, [to_file, to_terminal]
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(kernel_log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            pm.setLevel(saved_state[0])
+            pm.propagate, pm.handlers = saved_state[1], saved_state[2]
+
+
+def stage_time_table(walls: dict[int, float | None]) -> str:
+    """Seconds per stage of this invocation (None: skipped as up to date), with the total."""
+    lines = ["stage                  seconds"]
+    for n, wall in walls.items():
+        lines.append(f"{n:02d} {STAGES[n].name:<18s} {'skipped' if wall is None else f'{wall:7.0f}':>8s}")
+    ran = [w for w in walls.values() if w is not None]
+    lines.append(f"{'total':21s} {sum(ran):8.0f}  ({sum(ran) / 60:.1f} min, {len(ran)} stage(s) ran)")
+    return "\n".join(lines)
+
+
+def sweep(spec_path: str | Path, runs_dir: Path | None = None, donors: Sequence[Path] = (), log=print) -> dict:
+    """Run every point of a sweep through the stage notebooks, reusing what points share.
+
+    Each point is a run folder ``<runs_dir>/<sweep name>/<point>`` with a generated profile that
+    ``extends`` the sweep's profile. Before a point runs, stages that one of ``donors`` (finished runs,
+    e.g. the main run and another sweep's points) or an earlier point made with the same config and
+    inputs are adopted (:func:`adopt_stages`), and the first donor's synthesis chunk cache is shared,
+    so variants reuse generator passes they have in common.
+    Returns a summary (also written to ``sweep.json``); raises :class:`StageError` if a point fails.
+    """
+    spec = load_sweep(spec_path)
+    root = Path(runs_dir or RESULTS_DIR) / spec["name"]
+    profiles = {}
+    for name, over in spec["points"].items():  # validate every point before running any
+        text = yaml.safe_dump({"extends": spec["profile"], **merge_dicts(spec.get("set") or {}, over)}, sort_keys=False)
+        prof = root / "profiles" / f"{name}.yaml"
+        if not prof.exists() or prof.read_text() != text:
+            atomic_write_text(prof, text)
+        load_profile(prof)
+        profiles[name] = prof
+    donors = [RunPaths(Path(d)) for d in donors]
+    summary = {"name": spec["name"], "spec": str(spec["path"]), "points": {}}
+    for name, prof in profiles.items():
+        cfg = load_profile(prof)
+        run_paths = RunPaths(root / name).make()
+        if donors and not (run_paths.data / "synthesis").exists():  # content-addressed: safe to share
+            (donors[0].data / "synthesis").mkdir(parents=True, exist_ok=True)
+            os.symlink((donors[0].data / "synthesis").resolve(), run_paths.data / "synthesis")
+        log(f"sweep {spec['name']}: point {name}")
+        adopted = adopt_stages(run_paths, cfg, donors, spec["until"], log)
+        t0 = time.monotonic()
+        rc = run(str(prof), run_id=name, until=spec["until"], runs_dir=root, log=log, verbose=False)  # logs: its folder
+        if rc != 0:
+            raise StageError(f"sweep {spec['name']}: point {name} failed; see {run_paths.logs}")
+        summary["points"][name] = {"run": str(run_paths.root), "adopted": adopted, "seconds": round(time.monotonic() - t0, 1),
+                                   "profile": str(prof)}
+        donors.append(run_paths)
+    atomic_write_json(root / "sweep.json", summary)
+    return summary
+
+
+def _sweeps_of_stage(cfg: Config, run_paths: RunPaths, sweeps_log: Path, log, verbose: bool) -> None:
+    """The sweeps a stage reads, run before its notebook. Quiet, their points' lines and bars go to
+    ``sweeps_log`` (each point keeps its own logs in its run folder), as they did inside the kernel."""
+    if verbose:
+        run_sweeps(cfg, run_paths, log=log)
+        return
+    with open(sweeps_log, "a") as f, contextlib.redirect_stdout(f):
+        run_sweeps(cfg, run_paths, log=print)
+
+
+def run_sweeps(cfg: Config, run_paths: RunPaths, log=print) -> dict:
+    """Stage 11: the profile's ablation and scaling sweeps, inside ``<run>/sweeps/``. This run donates
+    every stage the points share with it, and the ablation's points donate to the scaling sweep (a
+    scaling point with the ablation's size and data adopts its embedder and scores)."""
+    out: dict = {}
+    donors = [run_paths.root]
+    for kind in SWEEP_KINDS:
+        spec = getattr(cfg.sweeps, kind)
+        if spec:
+            out[kind] = sweep(spec, runs_dir=run_paths.root / "sweeps", donors=donors, log=log)
+            donors += [Path(p["run"]) for p in out[kind]["points"].values()]
+    return out
+
+

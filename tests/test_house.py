@@ -1,0 +1,59 @@
+"""The house rules that keep stage, notebook and module in step (issue 18): one registry entry, one
+notebook and one stage module per stage; run files named in one place; the layers import downwards."""
+import ast
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+from speed_utils.paths import NOTEBOOKS_DIR, PACKAGE
+from speed_utils.registry import STAGES, StageResult
+from speed_utils.runs import FILES
+
+
+def _code(notebook: Path) -> str:
+    cells = json.loads(notebook.read_text())["cells"]
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+
+
+@pytest.mark.parametrize("n", sorted(STAGES))
+def test_each_stage_has_its_notebook_and_module_and_the_notebook_calls_it(n):
+    stage = STAGES[n]
+    module = importlib.import_module(f"speed_utils.stages.{stage.name}")
+    assert module.run.__annotations__.get("return") in ("StageResult", StageResult)
+    code = _code(NOTEBOOKS_DIR / stage.notebook)
+    assert f"StageContext(run_dir, profile, stage={n})" in code
+    assert f"from speed_utils.stages import {stage.name}" in code and ".run(ctx)" in code
+    assert "ctx.done(result.metrics)" in code and "speed_utils.pipeline" not in code
+
+
+def test_every_run_file_a_module_names_is_declared_once():
+    named = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "file"
+                    and node.args and isinstance(node.args[0], ast.Constant)):
+                named.add(node.args[0].value)
+    assert named and named <= set(FILES), named - set(FILES)
+    assert len(set(FILES.values())) == len(FILES)  # one name per path
+    declared = {rel for s in STAGES.values() for rel in s.inputs + s.outputs + s.optional_inputs + s.optional_outputs}
+    assert declared <= set(FILES.values())
+
+
+def _imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = (node.module or "").split(".")[0]
+            out |= {base} if base else {a.name for a in node.names}
+    return out
+
+
+def test_the_layers_import_downwards():
+    """Nothing imports the command line; only it imports the runner; the stages import no runner."""
+    for path in PACKAGE.rglob("*.py"):
+        got = _imports(path)
+        assert "cli" not in got, path
+        if path.name != "cli.py":
+            assert "runner" not in got, path
