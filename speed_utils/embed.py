@@ -196,8 +196,10 @@ def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, s
     weights cannot be merged in place (several processes with sharded weights, or a 4-bit base)."""
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers, MultiDatasetBatchSamplers
+    from transformers import set_seed
 
     t0 = time.monotonic()
+    set_seed(seed)  # the LoRA weights are drawn here, before the trainer seeds: same rows and seed, same model
     trainable = add_lora(st, ec.lora) if lora else sum(p.numel() for p in st.parameters() if p.requires_grad)
     loss, loss_name = contrastive_loss(st, ec)
     on_gpu = cuda_available()

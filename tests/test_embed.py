@@ -109,3 +109,17 @@ def test_warm_up_never_takes_more_than_a_third_of_a_short_training():
     assert embed.warmup_steps(EmbedderCfg(batch_size=32, epochs=2, warmup_steps=5), 239) == 5  # the cpu run: 16 steps
     paper = EmbedderCfg(batch_size=1536, epochs=1, warmup_steps=100)
     assert embed.warmup_steps(paper, 920_000, devices=8) == 100  # the paper's training keeps its warm-up
+
+
+def test_the_same_rows_and_seed_train_the_same_embedder(tiny_lm, tmp_path):
+    """The LoRA weights are drawn before the trainer seeds itself: without a seed of their own, two runs of
+    stage 07 on the same data gave different embedders (seen on the smoke run, 2026-12-02)."""
+    texts = ["capital of land number 3", "city 7 is the capital"]
+    ec = CFG.model_copy(update={"epochs": 1})
+    encoded = []
+    for k in range(2):
+        torch.manual_seed(1000 + k)  # whatever the process drew before
+        st = embed.decoder_embedder(tiny_lm, max_length=48)
+        embed.train(st, ROWS, tmp_path / f"emb{k}", ec, name="tiny", seed=7)
+        encoded.append(st.encode(texts))
+    assert np.array_equal(encoded[0], encoded[1])
