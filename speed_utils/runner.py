@@ -38,7 +38,10 @@ KERNEL_ENV = {"TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg", "HF_HUB_DI
               # glibc >= 2.35 backs malloc's large chunks with transparent huge pages: torch's CPU training
               # allocates and frees GBs a step, and 4 KiB page faults took a quarter of an SFT step's CPU time
               # (benchmarks/precision.py --task sft, 2026-12-02: system time 80 -> 42 s, 94 -> 81 s a step)
-              "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+              "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
+              # one iteration order for sets: PEFT writes an adapter's target_modules (a set) in it, and a
+              # forced rerun otherwise wrote the same weights under an adapter_config.json in another order
+              "PYTHONHASHSEED": "0"}
 
 
 def ensure_kernel() -> None:

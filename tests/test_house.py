@@ -3,6 +3,9 @@ notebook and one stage module per stage; run files named in one place; the layer
 import ast
 import importlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,3 +60,16 @@ def test_the_layers_import_downwards():
         assert "cli" not in got, path
         if path.name != "cli.py":
             assert "runner" not in got, path
+
+
+def test_stage_kernels_write_an_adapters_config_in_one_order():
+    """PEFT keeps target_modules as a set; under the kernels' environment every process lists it alike, so a
+    rerun's adapter folder hashes as the first run's did."""
+    from speed_utils.runner import KERNEL_ENV
+
+    code = ("from peft import LoraConfig; print(LoraConfig(target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj', "
+            "'gate_proj', 'up_proj', 'down_proj']).to_dict()['target_modules'])")
+    env = {**os.environ, **KERNEL_ENV}
+    seen = {subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+            for _ in range(3)}
+    assert len(seen) == 1, seen
