@@ -28,7 +28,7 @@ from .paths import NOTEBOOKS_DIR, RESULTS_DIR
 from .registry import STAGES, StageError, marker_matches
 from .runs import (LOCK_ENV, RunLock, RunLocked, RunPaths, append_jsonl, atomic_write_json, atomic_write_text,
                    record_path, remove)
-from .sweeps import SWEEP_KINDS, adopt_run, adopt_stages, load_sweep
+from .sweeps import SUMMARY, SWEEP_KINDS, adopt_run, adopt_stages, load_sweep, sweeps_dir
 
 KERNEL_NAME = "speed-repro"  # pinned; registered in the venv by `make setup` or on first run
 
@@ -288,7 +288,7 @@ def sweep(spec_path: str | Path, runs_dir: Path | None = None, donors: Sequence[
         summary["points"][name] = {"run": str(run_paths.root), "adopted": adopted, "seconds": round(time.monotonic() - t0, 1),
                                    "profile": str(prof)}
         donors.append(run_paths)
-    atomic_write_json(root / "sweep.json", summary)
+    atomic_write_json(root / SUMMARY, summary)
     return summary
 
 
@@ -311,7 +311,7 @@ def run_sweeps(cfg: Config, run_paths: RunPaths, log=print) -> dict:
     for kind in SWEEP_KINDS:
         spec = getattr(cfg.sweeps, kind)
         if spec:
-            out[kind] = sweep(spec, runs_dir=run_paths.root / "sweeps", donors=donors, log=log)
+            out[kind] = sweep(spec, runs_dir=sweeps_dir(run_paths), donors=donors, log=log)
             donors += [Path(p["run"]) for p in out[kind]["points"].values()]
     return out
 

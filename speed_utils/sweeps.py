@@ -20,6 +20,12 @@ from .registry import STAGES, StageError, expected_marker, marker_matches
 from .runs import RunPaths, atomic_write_json, read_jsonl, read_manifest, remove, sha256_path, write_jsonl
 
 SWEEP_KINDS = ("ablation", "scaling")
+SUMMARY = "sweep.json"  # a sweep's summary, in the sweep's folder
+
+
+def sweeps_dir(run: RunPaths) -> Path:
+    """Where a run's own sweeps (stage 11) keep their points: ``<run>/sweeps/<name>/<point>``."""
+    return run.root / "sweeps"
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -106,7 +112,7 @@ def adopt_run(run_paths: RunPaths, cfg: Config, donors: list[RunPaths], until: i
 
 def summary_path(run: RunPaths, spec_path: str | Path) -> Path:
     """Where the runner writes a sweep's summary inside a run (``<run>/sweeps/<name>/sweep.json``)."""
-    return run.root / "sweeps" / load_sweep(spec_path)["name"] / "sweep.json"
+    return sweeps_dir(run) / load_sweep(spec_path)["name"] / SUMMARY
 
 
 def read_summaries(cfg: Config, run: RunPaths) -> dict:
