@@ -11,7 +11,9 @@ SHELL   := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 QUIET   := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: setup gpu-setup vllm-env run smoke study test test-fast validate bench stress gpu-check clean-venv
+SCALE   := $(VENV)/.scale-installed
+
+.PHONY: setup scale-setup gpu-setup vllm-env run smoke study test test-fast validate bench stress gpu-check clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,9 +25,17 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-## on a CUDA machine: the GPU extra (bitsandbytes, DeepSpeed) beside the main environment, and vLLM in
+## Ray Data for stage 06 at scale (distributed.synthesis: ray; the paper profile), beside the main environment
+$(SCALE): $(STAMP) requirements-scale.txt
+	$(PIP) install -r requirements-scale.txt $(QUIET)
+	$(BIN)/python -c "import ray.data, torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(SCALE)
+
+scale-setup: $(SCALE)
+
+## on a CUDA machine: the GPU extra (bitsandbytes, DeepSpeed) and Ray beside the main environment, and vLLM in
 ## its own (.venv-vllm: vLLM pins another torch); generation reaches it in a child process
-gpu-setup: setup vllm-env
+gpu-setup: setup vllm-env scale-setup
 	$(PIP) install -r requirements-gpu.txt $(QUIET)
 
 vllm-env:
@@ -51,8 +61,8 @@ study: setup
 	$(BIN)/speed-repro run --profile study $(if $(wildcard results/runs/cpu/config.yaml),--donor results/runs/cpu)
 	$(BIN)/speed-repro snapshot results/runs/study results/reference/study
 
-## the whole test suite (unit tests, real llama.cpp server, real papermill runs on the smoke profile)
-test: setup
+## the whole test suite (unit tests, real llama.cpp server, real papermill runs on the smoke profile, a local Ray)
+test: setup scale-setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 ## only the fast tests (no model, no server, no papermill)

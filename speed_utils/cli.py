@@ -102,11 +102,16 @@ def status(run_dir: Path, log=print) -> int:
     return 0
 
 
-def synthesize(profile: str, run_id: str | None, shard: str, runs_dir: Path | None = None, log=print) -> int:
-    """Make one shard of stage 06's chunks outside papermill (one process per machine or GPU).
+def synthesize(profile: str, run_id: str | None, shard: str, runs_dir: Path | None = None, log=print,
+               executor: str | None = None) -> int:
+    """Make one shard of stage 06's chunks outside papermill: a SLURM-style array job without Ray (one
+    process per machine or GPU, ``executor="local"``), or one shard's Ray pipeline. The chunks a shard
+    owns come from :func:`speed_utils.synthesis.plan` either way.
 
     Once every shard's chunk files sit in the run folder, ``run --from 6`` merges them."""
     cfg = load_profile(profile)
+    if executor:  # where the chunks are made does not change them (tests/test_scale.py)
+        cfg = cfg.model_copy(update={"distributed": cfg.distributed.model_copy(update={"synthesis": executor})})
     try:
         part = synthesis.Shard.parse(shard)
     except ValueError as e:
@@ -116,8 +121,9 @@ def synthesize(profile: str, run_id: str | None, shard: str, runs_dir: Path | No
         if not (run_paths.root / rel).exists():
             raise StageError(f"synthesis needs {run_paths.root / rel}, which stage {PRODUCER[rel]:02d} writes")
     stats = synthesis.make_chunks(cfg, run_paths, part)
-    log(f"shard {part}: made {stats['made']} chunks, {stats['skipped']} already there, of {stats['owned']} owned "
-        f"({stats['chunks']} in all) in {run_paths.root / stats['folder']}")
+    on = f"Ray, {stats['replicas']} replicas" if stats["executor"] == "ray" else "this process"
+    log(f"shard {part}: made {stats['made']} chunks ({on}), {stats['skipped']} already there, of {stats['owned']} "
+        f"owned ({stats['chunks']} in all) in {run_paths.root / stats['folder']}")
     return 0
 
 
@@ -217,6 +223,8 @@ def _parser() -> argparse.ArgumentParser:
     y.add_argument("--run-id", help="run folder name (default: the profile name)")
     y.add_argument("--runs-dir", type=Path, default=None)
     y.add_argument("--shard", default="0/1", help="i/n: make the chunks whose number is i modulo n")
+    y.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="override distributed.synthesis: local (this process) or ray (a Ray Data pipeline)")
     w = sub.add_parser("sweep", help="run a grid of profiles (ablation, scaling), reusing shared stages")
     w.add_argument("spec", help="a sweep spec, e.g. params/sweeps/smoke-scaling.yaml")
     w.add_argument("--runs-dir", type=Path, default=None)
@@ -267,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "estimate":
             return estimate(a.profile, gpu=a.gpu)
         if a.cmd == "synthesize":
-            return synthesize(a.profile, a.run_id, a.shard, a.runs_dir)
+            return synthesize(a.profile, a.run_id, a.shard, a.runs_dir, executor=a.executor)
         return _models(a.action, a.names)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

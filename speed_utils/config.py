@@ -179,7 +179,7 @@ class RevisorCfg(TrainCfg):
 
 
 # dotted key -> the default at which it is left out of stage hashes (see Config.section_hash)
-HASHED_ONLY_WHEN_SET = {"generation.structured_output": False}
+HASHED_ONLY_WHEN_SET: dict[str, Any] = {"generation.structured_output": False}
 
 
 class GenerationCfg(Strict):
@@ -283,15 +283,30 @@ class EvaluateCfg(Strict):
         return self
 
 
+class RayCfg(Strict):
+    """Where stage 06 runs when ``distributed.synthesis`` is "ray" (:mod:`speed_utils.scale`)."""
+
+    # None: a local Ray on this machine; "auto": the cluster this machine belongs to; or "ray://head:10001"
+    address: str | None = None
+    # generator engines: None is one per GPU group (cluster GPUs / generation.tensor_parallel_size),
+    # or on CPUs one per generation.threads cores
+    replicas: PositiveInt | None = None
+    max_restarts: int = Field(4, ge=-1)  # a killed replica is restarted (and its chunk retried) this often; -1: always
+
+
 class DistributedCfg(Strict):
     """How the training stages run: in the notebook's process (default) or through ``accelerate launch``
-    (DDP or DeepSpeed ZeRO-3 configs in ``params/accelerate/``; SPEED App. B used ZeRO-3 on 16 GPUs)."""
+    (DDP or DeepSpeed ZeRO-3 configs in ``params/accelerate/``; SPEED App. B used ZeRO-3 on 16 GPUs);
+    and how synthesis runs: in one process (``--shard i/n`` spreads it by hand) or as a Ray Data
+    pipeline over generator replicas (``synthesis: ray``, the ``.[scale]`` extra)."""
 
     launcher: Literal["python", "accelerate"] = "python"
     accelerate_config: str | None = None
     num_processes: PositiveInt = 1  # processes per machine (one per GPU), for the embedder
     num_machines: PositiveInt = 1
     generator_processes: PositiveInt | None = None  # GPUs of one machine for the generator trainings (default: all)
+    synthesis: Literal["local", "ray"] = "local"
+    ray: RayCfg = RayCfg()
 
     @model_validator(mode="after")
     def _config(self):
@@ -325,6 +340,10 @@ class SweepsCfg(Strict):
             if value and not resolve_path(value).is_file():
                 raise ValueError(f"sweeps.{key}: no such sweep spec {resolve_path(value)}")
         return self
+
+
+# where synthesis runs does not change what it makes (tested): runs from before these keys stay valid
+HASHED_ONLY_WHEN_SET.update({"distributed.synthesis": "local", "distributed.ray": RayCfg().model_dump(mode="json")})
 
 
 class Config(Strict):

@@ -8,6 +8,7 @@ or ``skip`` with a reason a user can act on:
   on its Hub page by the account whose token is set; offline, every model needs a PyPI source.
 * **teacher**: the teacher's endpoint answers one tiny request (``GET /models``, no tokens billed)
   and takes the key in ``teacher.api_key_env``.
+* **ray**: a profile that runs stage 06 on Ray has Ray installed (the ``.[scale]`` extra).
 * **qlora** and **gpu**: QLoRA only where CUDA and bitsandbytes are present (on the CPU, 4-bit
   training gives silently wrong gradients, toolchain.md §c), and every stage of ``speed-repro plan``
   fits the GPU this machine has.
@@ -150,10 +151,23 @@ def check_gpu(cfg: Config) -> list[Check]:
     return [Check("gpu", "ok", f"{name} ({gib:.0f} GiB): every stage fits (the largest needs {peak:.1f} GiB)")]
 
 
+def check_ray(cfg: Config, prof: Path | None = None) -> list[Check]:
+    """Stage 06 on Ray (``distributed.synthesis: ray``) needs the ``.[scale]`` extra installed."""
+    if cfg.distributed.synthesis != "ray":
+        return []
+    from . import scale
+
+    if not scale.available():
+        return [Check("ray", "fail", f"{scale.missing_ray_message(cfg)} ({_where(prof, 'distributed', 'synthesis')}: "
+                                     "distributed.synthesis)")]
+    where = cfg.distributed.ray.address or "a local Ray on this machine"
+    return [Check("ray", "ok", f"stage 06 runs as a Ray Data pipeline on {where}")]
+
+
 def check(cfg: Config, prof: Path | None = None, network: bool = True) -> list[Check]:
     """Every pre-flight check of a profile (``prof``: its file, to name the file that sets a key);
     ``network=False`` leaves out the Hub and the endpoint."""
-    checks = check_qlora(cfg, prof) + check_gpu(cfg)
+    checks = check_qlora(cfg, prof) + check_gpu(cfg) + check_ray(cfg, prof)
     if network:
         checks = check_hub(cfg) + check_teacher(cfg, prof) + checks
     return checks
@@ -166,4 +180,5 @@ def require(checks: list[Check]) -> None:
         raise ConfigError("pre-flight failed, before any teacher call:\n  " + "\n  ".join(c.line() for c in failed))
 
 
-__all__ = ["Check", "check", "require", "check_hub", "check_teacher", "check_qlora", "check_gpu", "hub_models"]
+__all__ = ["Check", "check", "require", "check_hub", "check_teacher", "check_qlora", "check_gpu", "check_ray",
+           "hub_models"]

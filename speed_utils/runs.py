@@ -72,11 +72,16 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def jsonl_text(rows: Iterable[dict]) -> str:
+    """Rows as JSONL text, exactly as :func:`write_jsonl` writes them (keys sorted, UTF-8 kept)."""
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+
+
 def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     """Replace ``path`` atomically with one JSON object per line; returns the row count."""
-    lines = [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in rows]
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
-    return len(lines)
+    text = jsonl_text(rows)
+    atomic_write_text(path, text)
+    return text.count("\n")
 
 
 _append_lock = threading.Lock()

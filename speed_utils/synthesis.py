@@ -125,10 +125,23 @@ def _clear_stale(folder: Path, shard: Shard) -> None:
 
 
 # ---------------------------------------------------------------- making chunks
-def make_chunks(cfg: Config, run: RunPaths, shard: Shard = Shard(), base_model: str | None = None,
-                backend: str | None = None) -> dict:
-    """Make every missing chunk this shard owns: first the writer's, then the revisor's."""
+@dataclass
+class Pass:
+    """One generator's pass over the chunks it still has to make: the writer's, then the revisor's."""
 
+    name: str  # "writer" | "revisor"
+    todo: list[int]
+    adapter: Path
+    folder: Path
+
+
+def plan(cfg: Config, run: RunPaths, shard: Shard = Shard()) -> tuple[list[list[Prompt]], list[Pass], dict]:
+    """Which prompts this worker makes: the chunks ``shard`` owns, less those already written.
+
+    The one place that decides it, for every way synthesis runs (one process, ``--shard i/n``, or
+    the Ray pipeline of :mod:`speed_utils.scale`). Returns the chunks, the passes with work left,
+    and the counts stage 06 reports.
+    """
     s = cfg.synthesis
     chunks = chunked(prompts(cfg, run), s.chunk_size)
     wdir, rdir = pass_dirs(cfg, run)
@@ -138,35 +151,75 @@ def make_chunks(cfg: Config, run: RunPaths, shard: Shard = Shard(), base_model: 
             _clear_stale(d, shard)
     todo_w = [j for j in mine if not chunk_path(wdir, j).exists()]
     todo_r = [j for j in mine if rdir is not None and not chunk_path(rdir, j).exists()]
-    stats = {"shard": str(shard), "chunks": len(chunks), "owned": len(mine), "writer_made": len(todo_w),
-             "revisor_made": len(todo_r), "made": len(set(todo_w) | set(todo_r)),
-             "skipped": len(mine) - len(set(todo_w) | set(todo_r)), "folder": str(wdir.relative_to(run.root)),
-             "structured_output": cfg.generation.structured_output}
-    t0, tokens = time.monotonic(), 0
     writer_adapter, revisor_adapter = adapters(cfg, run)
-    passes = [("writer", todo_w, writer_adapter, wdir), ("revisor", todo_r, revisor_adapter, rdir)]
-    for name, todo, adapter, folder in passes:
-        if not todo:
-            continue
-        with open_generator(cfg, adapter, run.logs / "llama-generator.log", base_override=base_model, backend=backend) as gen:
-            bar = tqdm(total=sum(len(chunks[j]) for j in todo), desc=f"06 {name} {shard}", unit="ex", mininterval=2.0,
-                       file=sys.stderr)
-            done, valid, t1 = 0, 0, time.monotonic()
-            for j in todo:
-                if name == "writer":
-                    rows = write_chunk(cfg, chunks[j], j * s.chunk_size, gen)
-                    valid += sum(parse_example(r["task_type"], r["raw"]).ok for r in rows)
-                else:
-                    rows = revise_chunk(cfg, list(read_jsonl(chunk_path(wdir, j))), gen)
-                    valid += sum(parse_revision(r["task_type"], r["revisor_raw"]).ok for r in rows)
-                write_jsonl(chunk_path(folder, j), rows)  # atomic: the chunk exists whole or not at all
-                done += len(rows)
-                bar.update(len(rows))
-                bar.set_postfix(ex_s=f"{done / (time.monotonic() - t1):.2f}", valid=f"{valid / done:.0%}",
-                                tok_s=f"{gen.tokens_out / (time.monotonic() - t1):.1f}", refresh=False)
+    passes = [Pass(n, todo, a, d) for n, todo, a, d in (("writer", todo_w, writer_adapter, wdir),
+                                                        ("revisor", todo_r, revisor_adapter, rdir)) if todo]
+    made = set(todo_w) | set(todo_r)
+    stats = {"shard": str(shard), "chunks": len(chunks), "owned": len(mine), "writer_made": len(todo_w),
+             "revisor_made": len(todo_r), "made": len(made), "skipped": len(mine) - len(made),
+             "folder": str(wdir.relative_to(run.root)), "structured_output": cfg.generation.structured_output}
+    return chunks, passes, stats
+
+
+def chunk_input(cfg: Config, run: RunPaths, chunks: list[list[Prompt]], name: str, j: int) -> list:
+    """What pass ``name`` makes chunk ``j`` from: its prompts (writer), or the writer's rows (revisor)."""
+    if name == "writer":
+        return chunks[j]
+    return list(read_jsonl(chunk_path(pass_dirs(cfg, run)[0], j)))
+
+
+def make_chunk(cfg: Config, name: str, j: int, given: list, gen: Generator) -> tuple[list[dict], int]:
+    """Chunk ``j`` of pass ``name`` from its input (:func:`chunk_input`): its rows and how many are valid.
+    Every executor calls this, so a chunk's rows do not depend on where it was made."""
+    if name == "writer":
+        rows = write_chunk(cfg, given, j * cfg.synthesis.chunk_size, gen)
+        return rows, sum(parse_example(r["task_type"], r["raw"]).ok for r in rows)
+    rows = revise_chunk(cfg, given, gen)
+    return rows, sum(parse_revision(r["task_type"], r["revisor_raw"]).ok for r in rows)
+
+
+class Progress:
+    """Stage 06's bar for one pass: examples, examples/s, share valid, generator tokens/s."""
+
+    def __init__(self, total: int, desc: str):
+        self.bar = tqdm(total=total, desc=desc, unit="ex", mininterval=2.0, file=sys.stderr)
+        self.t0, self.done, self.valid, self.tokens = time.monotonic(), 0, 0, 0
+
+    def update(self, rows: int, valid: int, tokens: int) -> None:
+        self.done, self.valid, self.tokens = self.done + rows, self.valid + valid, self.tokens + tokens
+        dt = max(time.monotonic() - self.t0, 1e-6)
+        self.bar.update(rows)
+        self.bar.set_postfix(ex_s=f"{self.done / dt:.2f}", valid=f"{self.valid / max(self.done, 1):.0%}",
+                             tok_s=f"{self.tokens / dt:.1f}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def make_chunks(cfg: Config, run: RunPaths, shard: Shard = Shard(), base_model: str | None = None,
+                backend: str | None = None) -> dict:
+    """Make every missing chunk this shard owns, first the writer's, then the revisor's: in this
+    process, or as a Ray Data pipeline where ``distributed.synthesis`` is "ray" (:mod:`speed_utils.scale`).
+    Either way each chunk is written whole (atomically) as it arrives, so a kill loses only chunks in flight."""
+    chunks, passes, stats = plan(cfg, run, shard)
+    t0, tokens = time.monotonic(), 0
+    if cfg.distributed.synthesis == "ray" and passes:
+        from . import scale
+
+        return {**stats, **scale.make_passes(cfg, run, chunks, passes, shard, base_model, backend),
+                "seconds": round(time.monotonic() - t0, 1)}
+    for p in passes:
+        with open_generator(cfg, p.adapter, run.logs / "llama-generator.log", base_override=base_model,
+                            backend=backend) as gen:
+            bar = Progress(sum(len(chunks[j]) for j in p.todo), f"06 {p.name} {shard}")
+            for j in p.todo:
+                before = gen.tokens_out
+                rows, valid = make_chunk(cfg, p.name, j, chunk_input(cfg, run, chunks, p.name, j), gen)
+                write_jsonl(chunk_path(p.folder, j), rows)  # atomic: the chunk exists whole or not at all
+                bar.update(len(rows), valid, gen.tokens_out - before)
             bar.close()
             tokens += gen.tokens_out
-    return {**stats, "seconds": round(time.monotonic() - t0, 1), "tokens_out": tokens}
+    return {**stats, "executor": "local", "seconds": round(time.monotonic() - t0, 1), "tokens_out": tokens}
 
 
 def write_chunk(cfg: Config, chunk: list[Prompt], first_index: int, writer: Generator) -> list[dict]:
@@ -296,4 +349,4 @@ def lengths(rows: list[dict]) -> list[dict]:
                                              for k in ("query", "positive", "negative")}} for r in rows]
 
 
-__all__ = ["Shard", "prompts", "make_chunks", "merge", "read_chunks", "edit_distance", "lengths", "KEYS"]
+__all__ = ["Shard", "Pass", "plan", "make_chunk", "prompts", "make_chunks", "merge", "read_chunks", "edit_distance", "lengths", "KEYS"]

@@ -121,3 +121,15 @@ def test_the_qlora_check_names_each_key_and_its_file(tmp_path, monkeypatch):
     (c,) = preflight.check_qlora(load_profile(prof), prof)
     assert c.status == "fail" and "no CUDA" in c.detail and f"{prof}: junior.qlora" in c.detail
     assert json.dumps(vars(c))  # recorded in env.json as it is
+
+
+def test_a_profile_that_synthesizes_on_ray_needs_ray_installed(tmp_path, monkeypatch):
+    from speed_utils import preflight, scale
+    from speed_utils.config import load_profile
+
+    prof = tmp_path / "r.yaml"
+    prof.write_text(yaml.safe_dump({"extends": "smoke", "distributed": {"synthesis": "ray"}}))
+    monkeypatch.setattr(scale, "available", lambda: False)  # a machine without the .[scale] extra
+    (c,) = preflight.check_ray(load_profile(prof), prof)
+    assert c.status == "fail" and "pip install -e '.[scale]'" in c.detail and f"{prof}: distributed.synthesis" in c.detail
+    assert preflight.check_ray(load_profile("smoke"), None) == []  # one process: nothing to check
