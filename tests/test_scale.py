@@ -25,12 +25,12 @@ pytestmark = pytest.mark.skipif(not scale.available(), reason="Ray is not instal
 
 TASKS = [{"id": f"t{i}", "task_type": t, "task": f"Find documents about topic {i} for {t}.", "topic": f"Top/T{i}"}
          for i, t in enumerate(["retrieval", "classification", "sts", "short_short", "long_long"] * 2)]
-CHUNKS = 6
+CHUNKS = 4
 GENERATOR = "smollm2-135m-instruct"  # the smoke profile's generator: a GGUF from PyPI, served by llama.cpp
 
 
 def profile(tmp_path: Path, executor: str) -> Path:
-    """The smoke profile shrunk to 6 one-prompt chunks of 8 tokens, with one llama.cpp thread and one slot
+    """The smoke profile shrunk to 4 one-prompt chunks of 8 tokens, with one llama.cpp thread and one slot
     per replica, so two replicas fit two cores."""
     p = tmp_path / f"{executor}.yaml"
     p.write_text(yaml.safe_dump({
