@@ -180,6 +180,9 @@ class RevisorCfg(TrainCfg):
 
 # dotted key -> the default at which it is left out of stage hashes (see Config.section_hash)
 HASHED_ONLY_WHEN_SET: dict[str, Any] = {"generation.structured_output": False}
+# dotted keys never hashed: where synthesis runs does not change what it makes (tests/test_scale.py), so a run
+# may move between one process and a Ray cluster (the runner writes the run's config anew each time)
+NEVER_HASHED = ("distributed.synthesis", "distributed.ray")
 
 
 class GenerationCfg(Strict):
@@ -342,10 +345,6 @@ class SweepsCfg(Strict):
         return self
 
 
-# where synthesis runs does not change what it makes (tested): runs from before these keys stay valid
-HASHED_ONLY_WHEN_SET.update({"distributed.synthesis": "local", "distributed.ray": RayCfg().model_dump(mode="json")})
-
-
 class Config(Strict):
     """A whole profile. ``name`` and ``source`` are filled by :func:`load_profile`."""
 
@@ -380,15 +379,15 @@ class Config(Strict):
     def section_hash(self, *keys: str) -> str:
         """sha256 of the named sections or dotted keys (all when none), for stage done markers. Keys added
         later with a default that keeps the old behaviour (:data:`HASHED_ONLY_WHEN_SET`) count only when set
-        otherwise, so adding them leaves finished runs valid."""
+        otherwise, so adding them leaves finished runs valid; :data:`NEVER_HASHED` keys never count."""
         dump = self.model_dump(mode="json")
-        for dotted, default in HASHED_ONLY_WHEN_SET.items():
+        for dotted, default in [*HASHED_ONLY_WHEN_SET.items(), *((k, None) for k in NEVER_HASHED)]:
             *parents, leaf = dotted.split(".")
             node = dump
             for part in parents:
                 node = node[part]
-            if node.get(leaf) == default:
-                del node[leaf]
+            if dotted in NEVER_HASHED or node.get(leaf) == default:
+                node.pop(leaf, None)
         picked = {}
         for key in keys or tuple(dump):
             node = dump

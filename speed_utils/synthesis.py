@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -67,11 +68,18 @@ class Shard:
 
 
 # ---------------------------------------------------------------- what to make
-def prompts(cfg: Config, run: RunPaths) -> list[Prompt]:
-    """The synthesis prompts: types in the profile's mix (7:7:7:2 in the paper), seeded per item."""
+def prompts(cfg: Config, run: RunPaths, items: range | None = None) -> list[Prompt]:
+    """The synthesis prompts: types in the profile's mix (7:7:7:2 in the paper), seeded per item
+    (``items``: those of a range alone)."""
     s = cfg.synthesis
     return seed_prompts(cfg, read_jsonl(run.file("tasks")), s.n_examples, purpose="synthesis",
-                        type_weights=s.type_weights)
+                        type_weights=s.type_weights, items=items)
+
+
+def chunk_prompts(cfg: Config, run: RunPaths, j: int) -> list[Prompt]:
+    """Chunk ``j``'s prompts alone (what a replica needs): ``chunked(prompts(cfg, run), chunk_size)[j]``."""
+    s = cfg.synthesis
+    return prompts(cfg, run, items=range(j * s.chunk_size, min((j + 1) * s.chunk_size, s.n_examples)))
 
 
 def adapters(cfg: Config, run: RunPaths) -> tuple[Path, Path | None]:
@@ -132,7 +140,8 @@ class Pass:
     name: str  # "writer" | "revisor"
     todo: list[int]
     adapter: Path
-    folder: Path
+    folder: Path  # where its chunks go
+    source: Path | None = None  # the revisor's: the writer's chunks it revises
 
 
 def plan(cfg: Config, run: RunPaths, shard: Shard = Shard()) -> tuple[list[list[Prompt]], list[Pass], dict]:
@@ -152,8 +161,8 @@ def plan(cfg: Config, run: RunPaths, shard: Shard = Shard()) -> tuple[list[list[
     todo_w = [j for j in mine if not chunk_path(wdir, j).exists()]
     todo_r = [j for j in mine if rdir is not None and not chunk_path(rdir, j).exists()]
     writer_adapter, revisor_adapter = adapters(cfg, run)
-    passes = [Pass(n, todo, a, d) for n, todo, a, d in (("writer", todo_w, writer_adapter, wdir),
-                                                        ("revisor", todo_r, revisor_adapter, rdir)) if todo]
+    passes = [Pass(n, todo, a, d, src) for n, todo, a, d, src in (("writer", todo_w, writer_adapter, wdir, None),
+                                                                  ("revisor", todo_r, revisor_adapter, rdir, wdir)) if todo]
     made = set(todo_w) | set(todo_r)
     stats = {"shard": str(shard), "chunks": len(chunks), "owned": len(mine), "writer_made": len(todo_w),
              "revisor_made": len(todo_r), "made": len(made), "skipped": len(mine) - len(made),
@@ -161,11 +170,11 @@ def plan(cfg: Config, run: RunPaths, shard: Shard = Shard()) -> tuple[list[list[
     return chunks, passes, stats
 
 
-def chunk_input(cfg: Config, run: RunPaths, chunks: list[list[Prompt]], name: str, j: int) -> list:
-    """What pass ``name`` makes chunk ``j`` from: its prompts (writer), or the writer's rows (revisor)."""
-    if name == "writer":
-        return chunks[j]
-    return list(read_jsonl(chunk_path(pass_dirs(cfg, run)[0], j)))
+def chunk_input(p: Pass, j: int, prompts_of: Callable[[int], list[Prompt]]) -> list:
+    """What pass ``p`` makes chunk ``j`` from: its prompts (writer), or the writer's rows (revisor)."""
+    if p.name == "writer":
+        return prompts_of(j)
+    return list(read_jsonl(chunk_path(p.source, j)))
 
 
 def make_chunk(cfg: Config, name: str, j: int, given: list, gen: Generator) -> tuple[list[dict], int]:
@@ -214,7 +223,7 @@ def make_chunks(cfg: Config, run: RunPaths, shard: Shard = Shard(), base_model: 
             bar = Progress(sum(len(chunks[j]) for j in p.todo), f"06 {p.name} {shard}")
             for j in p.todo:
                 before = gen.tokens_out
-                rows, valid = make_chunk(cfg, p.name, j, chunk_input(cfg, run, chunks, p.name, j), gen)
+                rows, valid = make_chunk(cfg, p.name, j, chunk_input(p, j, chunks.__getitem__), gen)
                 write_jsonl(chunk_path(p.folder, j), rows)  # atomic: the chunk exists whole or not at all
                 bar.update(len(rows), valid, gen.tokens_out - before)
             bar.close()
@@ -349,4 +358,4 @@ def lengths(rows: list[dict]) -> list[dict]:
                                              for k in ("query", "positive", "negative")}} for r in rows]
 
 
-__all__ = ["Shard", "Pass", "plan", "make_chunk", "prompts", "make_chunks", "merge", "read_chunks", "edit_distance", "lengths", "KEYS"]
+__all__ = ["Shard", "Pass", "plan", "make_chunk", "prompts", "chunk_prompts", "make_chunks", "merge", "read_chunks", "edit_distance", "lengths", "KEYS"]

@@ -97,9 +97,10 @@ def brainstorm_tasks(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
 
 # ---------------------------------------------------------------- stage 02
 def seed_prompts(cfg: Config, tasks: Iterable[dict], n: int, purpose: str = "seed",
-                 type_weights: dict[str, float] | None = None) -> list[Prompt]:
+                 type_weights: dict[str, float] | None = None, items: range | None = None) -> list[Prompt]:
     """Sample ``n`` generation prompts: types by weight (default ``seed.type_weights``), then a
-    task (and topic) per item. Each purpose draws from its own seeded RNG streams."""
+    task (and topic) per item. Each purpose draws from its own seeded RNG streams, and each item
+    from its own, so ``items`` (a range of indices) gives those prompts of the ``n`` alone."""
     by_type: dict[str, list[dict]] = defaultdict(list)
     for t in tasks:
         by_type[t["task_type"]].append(t)
@@ -110,7 +111,8 @@ def seed_prompts(cfg: Config, tasks: Iterable[dict], n: int, purpose: str = "see
     kinds = [t for t in TASK_TYPES for _ in range(counts.get(t, 0))]
     rng_for(cfg.run.seed, f"{purpose}:order", 0).shuffle(kinds)
     prompts = []
-    for i, kind in enumerate(kinds):
+    for i in items if items is not None else range(len(kinds)):
+        kind = kinds[i]
         pool = by_type[kind]
         row = pool[rng_for(cfg.run.seed, f"{purpose}:task", i).randrange(len(pool))]
         prompts.append(generation_prompt(kind, i, cfg.run.seed, task=row["task"], topic=row["topic"],

@@ -150,3 +150,23 @@ def test_a_switch_added_at_its_old_behaviour_leaves_finished_runs_valid(tmp_path
     assert cfg.section_hash("generation") == before
     on = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"structured_output": True})})
     assert on.section_hash("generation") != before
+
+
+def test_where_synthesis_runs_is_never_hashed():
+    """distributed.synthesis and distributed.ray (issue 19) place the work, they do not shape it: a run
+    moves between one process and a Ray cluster without a stage rerunning, and the keys' arrival changed
+    no profile's hash (paper's set it; the hash is the one it had before them)."""
+    import hashlib
+    import json
+
+    paper = load_profile("paper")
+    dump = paper.model_dump(mode="json")
+    for key in ("synthesis", "ray"):
+        del dump["distributed"][key]
+    del dump["generation"]["structured_output"]  # hashed only when on (the test above)
+    assert paper.distributed.synthesis == "ray"
+    assert paper.section_hash() == hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
+    local = paper.model_copy(update={"distributed": paper.distributed.model_copy(
+        update={"synthesis": "local", "ray": paper.distributed.ray.model_copy(update={"replicas": 3})})})
+    assert local.section_hash() == paper.section_hash()
+    assert local.section_hash("distributed") == paper.section_hash("distributed")

@@ -91,6 +91,20 @@ def test_a_gpu_cluster_is_not_served_with_llamacpp_by_a_driver_without_gpus(monk
         scale.replica_resources(load_profile("smoke"), "vllm")
 
 
+def test_replicas_that_cannot_be_placed_are_an_error_not_a_wait():
+    eight_gpus = [{"Alive": True, "Resources": {"CPU": 32, "GPU": 4}}, {"Alive": True, "Resources": {"CPU": 32, "GPU": 4}},
+                  {"Alive": False, "Resources": {"CPU": 32, "GPU": 8}}]
+    scale.check_placeable(8, 1, 1, eight_gpus)
+    scale.check_placeable(4, 1, 2, eight_gpus)
+    with pytest.raises(RuntimeError, match="cannot place 3 replica"):
+        scale.check_placeable(3, 1, 4, eight_gpus[:1] + eight_gpus[2:])  # the dead node does not count
+    with pytest.raises(RuntimeError, match="cannot place 1 replica.*lower distributed.ray.replicas"):
+        scale.check_placeable(1, 1, 8, eight_gpus)  # a tensor-parallel group must fit one node
+    scale.check_placeable(2, 1, 0, [{"Alive": True, "Resources": {"CPU": 2}}])  # this machine: 2 x 1 thread
+    with pytest.raises(RuntimeError, match="of 4 CPU"):
+        scale.check_placeable(1, 4, 0, [{"Alive": True, "Resources": {"CPU": 2}}])
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, adapters):
     """The single-process run: its chunk rows and merged files."""
@@ -100,8 +114,14 @@ def reference(tmp_path_factory, adapters):
     made = synthesis.make_chunks(cfg, run)
     assert made["executor"] == "local" and made["made"] == CHUNKS
     merged = synthesis.merge(cfg, run)
-    return synthesis.read_chunks(cfg, run), merged, {f: (run.data / f).read_bytes()
-                                                     for f in ("synthetic.jsonl", "synthesis_rejects.jsonl")}
+    files = {f: (run.data / f).read_bytes() for f in ("synthetic.jsonl", "synthesis_rejects.jsonl")}
+    return synthesis.read_chunks(cfg, run), merged, {**files, **chunk_files(cfg, run)}
+
+
+def chunk_files(cfg, run: RunPaths) -> dict[str, bytes]:
+    """Every chunk file of both passes, by its path under data/, as bytes."""
+    return {str(f.relative_to(run.data)): f.read_bytes() for d in synthesis.pass_dirs(cfg, run)
+            for f in sorted(d.glob("chunk-*.jsonl"))}
 
 
 @pytest.mark.slow
@@ -116,8 +136,9 @@ def test_the_ray_pipeline_writes_the_rows_one_process_writes(tmp_path, adapters,
     assert len(list((run.logs / "ray").glob("generator-writer-*.log"))) == 2  # two replicas per pass
     assert synthesis.read_chunks(cfg, run) == rows and any(r["revisor_raw"] for r in rows)
     assert synthesis.merge(cfg, run) == merged
-    for f, data in files.items():
-        assert (run.data / f).read_bytes() == data
+    assert {**{f: (run.data / f).read_bytes() for f in ("synthetic.jsonl", "synthesis_rejects.jsonl")},
+            **chunk_files(cfg, run)} == files  # byte for byte: 2 x CHUNKS chunk files and the merged ones
+    assert len(files) == 2 + 2 * CHUNKS
     assert synthesis.make_chunks(cfg, run)["made"] == 0  # everything there: a rerun starts no Ray at all
 
 
@@ -158,7 +179,8 @@ def _servers_of(pid: int) -> list[int]:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"speed_utils.llama_server" in cmd and str(pid).encode() in cmd[cmd.index(b"--parent-pid") + 1:][:1]:
+        if b"speed_utils.llama_server" in cmd and b"--parent-pid" in cmd and \
+                cmd[cmd.index(b"--parent-pid") + 1:][:1] == [str(pid).encode()]:
             found.append(int(proc.name))
     return found
 
@@ -179,7 +201,10 @@ def test_a_killed_replica_is_restarted_and_a_killed_driver_resumes(tmp_path, ada
           "the writer's first chunk")
     assert driver.poll() is None, err.read_text()[-3000:]
     victim = min(_replicas(run))
-    os.kill(victim, signal.SIGKILL)  # a replica dies in the middle of a chunk (or between two)
+    try:
+        os.kill(victim, signal.SIGKILL)  # a replica dies in the middle of a chunk (or between two)
+    except ProcessLookupError:
+        pytest.fail("the writer's pass ended before a replica could be killed")
     _wait(lambda: len(_replicas(run)) >= 3 or driver.poll() is not None, 120, "Ray to restart the replica")
     _wait(lambda: not _servers_of(victim), 30, "the killed replica's llama.cpp server to exit")
 

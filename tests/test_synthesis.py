@@ -56,6 +56,8 @@ def test_same_seed_same_prompts_in_the_profile_mix(tmp_path, adapters):
     run = new_run(tmp_path / "r", adapters)
     a, b = synthesis.prompts(cfg, run), synthesis.prompts(cfg, run)
     assert [p.text for p in a] == [p.text for p in b] and len(a) == 23
+    chunks = synthesis.chunked(a, cfg.synthesis.chunk_size)  # a replica computes its chunk's prompts alone
+    assert [synthesis.chunk_prompts(cfg, run, j) for j in range(len(chunks))] == chunks
     counts = {t: sum(p.task_type == t for p in a) for t in ("classification", "sts", "retrieval", "short_short", "long_long")}
     assert counts == {"classification": 7, "sts": 7, "retrieval": 7, "short_short": 1, "long_long": 1}
 
