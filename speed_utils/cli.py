@@ -81,7 +81,7 @@ def snapshot(run_dir: Path, dest: Path, log=print) -> int:
     per_stage = usage(rows, by="stage")
     summary = {stage: {"calls": u.calls, "cache_hits": u.cache_hits, "prompt_tokens": u.prompt_tokens,
                        "completion_tokens": u.completion_tokens} for stage, u in sorted(per_stage.items())}
-    whole = ledger_total(run_paths.ledger)
+    whole = ledger_total(rows)  # the rows read once
     summary["total"] = {"calls": whole.calls,
                         "unique_request_keys": len({r["key"] for r in rows if not r.get("cache_hit")}),
                         "prompt_tokens": whole.prompt_tokens, "completion_tokens": whole.completion_tokens}

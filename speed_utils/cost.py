@@ -107,10 +107,10 @@ def usage(ledger_rows: Iterable[dict], by: str = "kind") -> dict[str, Usage]:
     return out
 
 
-def total(ledger: Path) -> Usage:
-    """Totals over a whole ledger file (what the teacher's budget guard counts)."""
+def total(ledger: Path | Iterable[dict]) -> Usage:
+    """Totals over a whole ledger (its file, or rows already read): what the teacher's budget guard counts."""
     u = Usage()
-    for r in read_jsonl(ledger):
+    for r in read_jsonl(ledger) if isinstance(ledger, Path) else ledger:
         u.add(r)
     return u
 

@@ -269,12 +269,10 @@ def sweep(spec_path: str | Path, runs_dir: Path | None = None, donors: Sequence[
         prof = root / "profiles" / f"{name}.yaml"
         if not prof.exists() or prof.read_text() != text:
             atomic_write_text(prof, text)
-        load_profile(prof)
-        profiles[name] = prof
+        profiles[name] = prof, load_profile(prof)
     donors = [RunPaths(Path(d)) for d in donors]
     summary = {"name": spec["name"], "spec": str(spec["path"]), "points": {}}
-    for name, prof in profiles.items():
-        cfg = load_profile(prof)
+    for name, (prof, cfg) in profiles.items():
         run_paths = RunPaths(root / name).make()
         if donors and not (run_paths.data / "synthesis").exists():  # content-addressed: safe to share
             (donors[0].data / "synthesis").mkdir(parents=True, exist_ok=True)
