@@ -20,8 +20,8 @@ from .config import Config
 from .generate import Generator, GenRequest, backend_name
 from .prompts import Prompt, judge_prompt, revision_prompt
 from .runs import RunPaths, read_jsonl, write_jsonl
-from .schema import (generator_schema, parse_example, parse_json, parse_judgement, parse_revision, response_format,
-                     revision_schema)
+from .schema import (REVISION_FIELD_CHARS, generator_schema, parse_example, parse_json, parse_judgement, parse_revision,
+                     response_format, revision_schema)
 from .teacher import Teacher
 from .teacher_data import ask_teacher, seed_prompts
 from .train import TrainResult, dpo, sft
@@ -230,7 +230,8 @@ def revise_root(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
     kept, rejects = ask_teacher(
         teacher, "revision", prompts, _Sampling(cfg.generation.max_new_tokens + 200), cfg.run.seed, "05 teacher revises",
         parse=lambda p, r: parse_revision(p.task_type, r.content, r.finish_reason),
-        schema=lambda p: response_format("revision", revision_schema(p.task_type)) if structured else None)
+        schema=lambda p: response_format("revision", revision_schema(p.task_type, REVISION_FIELD_CHARS))
+        if structured else None)
     source = {f"rev-{r['id']}-{j}": (r, j) for r, j in picks}
     rows = []
     for p, _, parsed in kept:
