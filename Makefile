@@ -63,7 +63,7 @@ study: setup
 
 ## the whole test suite (unit tests, real llama.cpp server, real papermill runs on the smoke profile, a local Ray)
 test: setup scale-setup
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 ## only the fast tests (no model, no server, no papermill)
 test-fast: setup

@@ -303,14 +303,27 @@ def _sweeps_of_stage(cfg: Config, run_paths: RunPaths, sweeps_log: Path, log, ve
 def run_sweeps(cfg: Config, run_paths: RunPaths, log=print) -> dict:
     """Stage 11: the profile's ablation and scaling sweeps, inside ``<run>/sweeps/``. This run donates
     every stage the points share with it, and the ablation's points donate to the scaling sweep (a
-    scaling point with the ablation's size and data adopts its embedder and scores)."""
+    scaling point with the ablation's size and data adopts its embedder and scores). So do the points of
+    the runs this run adopted its stages from: a study that repeats a point the default run's stage 11
+    already ran adopts it whole."""
     out: dict = {}
     donors = [run_paths.root]
     for kind in SWEEP_KINDS:
         spec = getattr(cfg.sweeps, kind)
         if spec:
-            out[kind] = sweep(spec, runs_dir=sweeps_dir(run_paths), donors=donors, log=log)
+            out[kind] = sweep(spec, runs_dir=sweeps_dir(run_paths), donors=donors + donated_points(run_paths), log=log)
             donors += [Path(p["run"]) for p in out[kind]["points"].values()]
     return out
+
+
+def donated_points(run_paths: RunPaths) -> list[Path]:
+    """The sweep points of the runs that ``run_paths`` adopted stages from (``adopted_from`` in its markers)."""
+    sources = []
+    for n in STAGES:
+        if run_paths.marker(n).exists():
+            source = json.loads(run_paths.marker(n).read_text()).get("adopted_from")
+            if source and source not in sources:
+                sources.append(source)
+    return [c.parent for s in sources for c in sorted(sweeps_dir(RunPaths(Path(s))).glob("*/*/config.yaml"))]
 
 

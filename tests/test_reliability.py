@@ -202,6 +202,22 @@ def test_stage_11_hands_the_ablation_points_to_the_scaling_sweep_as_donors(monke
     assert [Path(s).stem for s, _ in calls] == ["cpu-ablation", "cpu-scaling"]
     assert calls[0][1] == [run.root] and calls[1][1] == [run.root, *ablation_points]
 
+    # a study: its stages adopted from a finished run, whose own sweep points donate too (after its own)
+    done = RunPaths(tmp_path / "done")
+    for point in ("cpu-scaling/x", "cpu-ablation/y", "cpu-ablation/profiles"):  # profiles/: not a run folder
+        (done.root / "sweeps" / point).mkdir(parents=True)
+    for point in ("cpu-scaling/x", "cpu-ablation/y"):
+        (done.root / "sweeps" / point / "config.yaml").write_text("{}")
+    study = RunPaths(tmp_path / "study").make()
+    for n in (0, 5):
+        study.marker(n).write_text(json.dumps({"adopted_from": str(done.root)}))
+    study.marker(6).write_text(json.dumps({"config_hash": "made here"}))
+    calls.clear()
+    runner.run_sweeps(cfg, study, log=lambda *_: None)
+    donated = [done.root / "sweeps/cpu-ablation/y", done.root / "sweeps/cpu-scaling/x"]
+    assert calls[0][1] == [study.root, *donated]
+    assert calls[1][1] == [study.root, *[study.root / "sweeps/cpu-ablation" / p for p in ("a", "b")], *donated]
+
 
 @pytest.mark.parametrize("spec", sorted((REPO_ROOT / "params" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_sweep_has_exactly_its_points(spec):

@@ -124,24 +124,6 @@ def chunk_files(cfg, run: RunPaths) -> dict[str, bytes]:
             for f in sorted(d.glob("chunk-*.jsonl"))}
 
 
-@pytest.mark.slow
-def test_the_ray_pipeline_writes_the_rows_one_process_writes(tmp_path, adapters, reference):
-    rows, merged, files = reference
-    cfg = load_profile(profile(tmp_path, "ray"))
-    run = new_run(tmp_path / "run", adapters)
-    made = synthesis.make_chunks(cfg, run)
-    assert (made["executor"], made["replicas"], made["engine"], made["made"]) == ("ray", 2, "llamacpp", CHUNKS)
-    assert made["tokens_out"] > 0
-    assert {p.name.split("-")[1] for p in (run.logs / "ray").glob("generator-*.log")} == {"writer", "revisor"}
-    assert len(list((run.logs / "ray").glob("generator-writer-*.log"))) == 2  # two replicas per pass
-    assert synthesis.read_chunks(cfg, run) == rows and any(r["revisor_raw"] for r in rows)
-    assert synthesis.merge(cfg, run) == merged
-    assert {**{f: (run.data / f).read_bytes() for f in ("synthetic.jsonl", "synthesis_rejects.jsonl")},
-            **chunk_files(cfg, run)} == files  # byte for byte: 2 x CHUNKS chunk files and the merged ones
-    assert len(files) == 2 + 2 * CHUNKS
-    assert synthesis.make_chunks(cfg, run)["made"] == 0  # everything there: a rerun starts no Ray at all
-
-
 def driver_cmd(tmp_path: Path) -> list[str]:
     """`speed-repro synthesize`, the thin front: the one-process profile, run on Ray by --executor."""
     return [sys.executable, "-m", "speed_utils.cli", "synthesize", "--profile", str(profile(tmp_path, "local")),
@@ -189,8 +171,9 @@ def _servers_of(pid: int) -> list[int]:
 def test_a_killed_replica_is_restarted_and_a_killed_driver_resumes(tmp_path, adapters, reference):
     """One run, two kills: a replica SIGKILLed mid-pass is restarted by Ray and its chunk retried; then the
     driver is SIGKILLed in the revisor's pass, its replicas and servers go with it, and a rerun makes only
-    the chunks that were missing, leaving every finished chunk file untouched. The rows equal one process's."""
-    rows, merged, _ = reference
+    the chunks that were missing, leaving every finished chunk file untouched. Its files then equal, byte for
+    byte, those one process writes (2 replicas of 1 llama.cpp thread each; the process, 1 thread)."""
+    rows, merged, files = reference
     prof = profile(tmp_path, "ray")
     cfg = load_profile(prof)
     run = new_run(tmp_path / "run", adapters)
@@ -218,9 +201,14 @@ def test_a_killed_replica_is_restarted_and_a_killed_driver_resumes(tmp_path, ada
     assert len(_chunks(wdir)) == CHUNKS and 1 <= len(_chunks(rdir)) < CHUNKS
     before = {**_chunks(wdir), **{f"revised/{k}": v for k, v in _chunks(rdir).items()}}
 
-    made = synthesis.make_chunks(cfg, run)
+    made = synthesis.make_chunks(cfg, run)  # the rerun, in this process, on a Ray of its own
+    assert (made["executor"], made["replicas"], made["engine"]) == ("ray", 2, "llamacpp") and made["tokens_out"] > 0
     assert (made["writer_made"], made["revisor_made"]) == (0, 2 * CHUNKS - len(before))
     after = {**_chunks(wdir), **{f"revised/{k}": v for k, v in _chunks(rdir).items()}}
     assert {k: after[k] for k in before} == before  # no finished chunk made (or written) again
-    assert synthesis.read_chunks(cfg, run) == rows
+    assert synthesis.read_chunks(cfg, run) == rows and any(r["revisor_raw"] for r in rows)
     assert synthesis.merge(cfg, run) == merged
+    assert {**{f: (run.data / f).read_bytes() for f in ("synthetic.jsonl", "synthesis_rejects.jsonl")},
+            **chunk_files(cfg, run)} == files  # byte for byte: 2 x CHUNKS chunk files and the merged ones
+    assert len(files) == 2 + 2 * CHUNKS
+    assert synthesis.make_chunks(cfg, run)["made"] == 0  # everything there: a rerun starts no Ray at all
