@@ -24,6 +24,7 @@ from .config import load_run_config
 from .paths import PACKAGE_DATA, REFERENCE_DIR
 from .runs import RunPaths, read_jsonl
 from .stats import average_interval, slope_interval
+from .sweeps import load_sweep
 
 REFERENCE = REFERENCE_DIR / "paper.json"
 CATEGORIES = ("Classification", "Clustering", "PairClassification", "Reranking", "Retrieval", "STS", "Summarization")
@@ -245,7 +246,8 @@ def sweep_rows(summary: dict) -> list[dict]:
     from .evaluate import trained_label  # mteb takes seconds to import
 
     out = []
-    for name, point in summary["points"].items():
+    for name in point_order(summary):
+        point = summary["points"][name]
         run = RunPaths(Path(point["run"]))
         cfg = load_run_config(run.config)
         trained = run.read_marker(7)["metrics"]["embedder"]
@@ -259,6 +261,18 @@ def sweep_rows(summary: dict) -> list[dict]:
                     "avg": round(mean(scores.values()), 2) if scores else None, "tasks": scores,
                     "adopted_stages": point["adopted"]})
     return out
+
+
+def point_order(summary: dict) -> list[str]:
+    """A sweep's points in its spec's order: the summary's ``order``, or, in a summary written before it
+    recorded one, the spec's own (``sweep.json`` sorts its keys, so ``points`` is alphabetical)."""
+    names = summary.get("order")
+    if not names:
+        try:
+            names = list(load_sweep(summary["spec"])["points"])
+        except (OSError, KeyError, ValueError):
+            names = []
+    return [n for n in names if n in summary["points"]] + sorted(set(summary["points"]) - set(names))
 
 
 def sweep_intervals(kind: str, rows: list[dict], seed: int = 0, untrained: dict | None = None) -> dict:

@@ -271,7 +271,9 @@ def sweep(spec_path: str | Path, runs_dir: Path | None = None, donors: Sequence[
             atomic_write_text(prof, text)
         profiles[name] = prof, load_profile(prof)
     donors = [RunPaths(Path(d)) for d in donors]
-    summary = {"name": spec["name"], "spec": str(spec["path"]), "points": {}}
+    # "order": the spec's order of the points (the JSON file sorts "points" by name); its first point is the
+    # one the others are compared with (the ablation's senior+revisor)
+    summary = {"name": spec["name"], "spec": str(spec["path"]), "order": list(profiles), "points": {}}
     for name, (prof, cfg) in profiles.items():
         run_paths = RunPaths(root / name).make()
         if donors and not (run_paths.data / "synthesis").exists():  # content-addressed: safe to share

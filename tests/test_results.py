@@ -86,3 +86,19 @@ def test_a_claim_holds_only_where_its_whole_interval_is_on_its_side():
     assert verdict(0.1, 2.0) == "holds" and verdict(-2.0, -0.1) == "fails" and verdict(-1.0, 1.0) == "undecided"
     assert verdict(0.52, 0.9, null=0.5) == "holds" and verdict(0.3, 0.9, null=0.5) == "undecided"
     assert verdict(None, None) == "not measured"
+
+
+def test_sweep_points_keep_their_spec_order_though_the_summary_sorts_its_keys():
+    """The first point is the one the others are compared with (the ablation's senior+revisor): sweep.json
+    sorts its keys, so the order comes from the summary's ``order`` or, in an older summary, from the spec."""
+    from speed_utils.paths import REPO_ROOT
+    from speed_utils.results import point_order
+
+    spec = REPO_ROOT / "params/sweeps/cpu-ablation.yaml"
+    points = {p: {} for p in sorted(["senior+revisor", "senior", "junior+revisor", "junior"])}  # as read back
+    want = ["senior+revisor", "senior", "junior+revisor", "junior"]
+    assert point_order({"spec": str(spec), "order": want, "points": points}) == want
+    assert point_order({"spec": str(spec), "points": points}) == want  # written before "order" existed
+    assert point_order({"spec": "/nowhere.yaml", "points": points}) == sorted(points)
+    assert point_order({"spec": str(spec), "order": ["senior", "gone"], "points": {"senior": {}, "extra": {}}}) == \
+        ["senior", "extra"]
