@@ -309,11 +309,11 @@ def run_sweeps(cfg: Config, run_paths: RunPaths, log=print) -> dict:
     the runs this run adopted its stages from: a study that repeats a point the default run's stage 11
     already ran adopts it whole."""
     out: dict = {}
-    donors = [run_paths.root]
+    donors, donated = [run_paths.root], donated_points(run_paths)
     for kind in SWEEP_KINDS:
         spec = getattr(cfg.sweeps, kind)
         if spec:
-            out[kind] = sweep(spec, runs_dir=sweeps_dir(run_paths), donors=donors + donated_points(run_paths), log=log)
+            out[kind] = sweep(spec, runs_dir=sweeps_dir(run_paths), donors=donors + donated, log=log)
             donors += [Path(p["run"]) for p in out[kind]["points"].values()]
     return out
 
@@ -322,10 +322,9 @@ def donated_points(run_paths: RunPaths) -> list[Path]:
     """The sweep points of the runs that ``run_paths`` adopted stages from (``adopted_from`` in its markers)."""
     sources = []
     for n in STAGES:
-        if run_paths.marker(n).exists():
-            source = json.loads(run_paths.marker(n).read_text()).get("adopted_from")
-            if source and source not in sources:
-                sources.append(source)
+        source = run_paths.read_marker(n).get("adopted_from")
+        if source and source not in sources:
+            sources.append(source)
     return [c.parent for s in sources for c in sorted(sweeps_dir(RunPaths(Path(s))).glob("*/*/config.yaml"))]
 
 
