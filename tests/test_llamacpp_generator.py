@@ -41,8 +41,12 @@ def adapter(base, tmp_path_factory):
 def _served_top(gen: Generator, prompt: str, k: int = 5) -> dict[int, float]:
     import math
 
-    res = gen.server.complete({"prompt": gen.chat_text(prompt), "n_predict": 1, "temperature": 1.0, "top_k": 0,
-                               "min_p": 0.0, "n_probs": k, "lora": [{"id": 0, "scale": 1.0}]})
+    # greedy: llama.cpp reports the probabilities before sampling either way, but a token sampled at
+    # temperature 1 can be a partial UTF-8 byte or an end token, for which the server returns no
+    # completion_probabilities (one CI run in many, unseeded)
+    res = gen.server.complete({"prompt": gen.chat_text(prompt), "n_predict": 1, "temperature": 0.0, "seed": 0,
+                               "n_probs": k, "post_sampling_probs": False, "lora": [{"id": 0, "scale": 1.0}]})
+    assert "completion_probabilities" in res, {k: v for k, v in res.items() if k != "generation_settings"}
     return {t["id"]: math.exp(t["logprob"]) for t in res["completion_probabilities"][0]["top_logprobs"]}
 
 
