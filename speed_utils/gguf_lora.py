@@ -10,6 +10,7 @@ holding the adapter's sha256, so a retrained adapter is converted again and an u
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -30,6 +31,44 @@ def _run_converter(script: str, args: list[str], what: str) -> None:
     proc = subprocess.run([sys.executable, str(tools / script), *args], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise ConversionError(f"llama.cpp's {script} failed on {what}:\n{proc.stderr[-3000:]}")
+
+
+def _bundled_gguf_importable(tools: Path) -> bool:
+    """Whether ``import gguf`` here gives the converters' own gguf-py (nothing imported it yet, or it did)."""
+    mod = sys.modules.get("gguf")
+    return mod is None or str(tools) in str(getattr(mod, "__file__", ""))
+
+
+def _convert_lora_in_process(args: list[str], what: str) -> None:
+    """llama.cpp's ``convert_lora_to_gguf.py`` run as ``__main__`` in this interpreter.
+
+    A child process spends about 10 s importing torch and transformers before it converts a LoRA in well
+    under a second; a stage that serves adapters has both imported already. The script's logging setup is
+    undone afterwards and its errors (``sys.exit`` after ``logger.error``) become a :class:`ConversionError`
+    carrying its log.
+    """
+    import io
+    import logging
+    import runpy
+
+    tools = assets.llama_cpp_converters()
+    root, log = logging.getLogger(), io.StringIO()
+    saved = root.handlers[:], root.level, sys.argv, sys.path[:]
+    root.handlers = [logging.StreamHandler(log)]  # so the script's basicConfig adds none of its own
+    sys.path.insert(0, str(tools))
+    sys.argv = [str(tools / "convert_lora_to_gguf.py"), *args]
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            runpy.run_path(sys.argv[0], run_name="__main__")
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            raise ConversionError(f"llama.cpp's convert_lora_to_gguf.py failed on {what}:\n{log.getvalue()[-3000:]}") from e
+    except Exception as e:
+        raise ConversionError(f"llama.cpp's convert_lora_to_gguf.py failed on {what}: {type(e).__name__}: {e}\n"
+                              f"{log.getvalue()[-3000:]}") from e
+    finally:
+        root.handlers, root.level, sys.argv = saved[0], saved[1], saved[2]
+        sys.path[:] = saved[3]
 
 
 def adapter_to_gguf(adapter: Path, base_folder: str, outtype: str = "f32") -> Path:
@@ -54,8 +93,11 @@ def adapter_to_gguf(adapter: Path, base_folder: str, outtype: str = "f32") -> Pa
     sidecar.unlink(missing_ok=True)  # never a sidecar that vouches for another conversion
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     base_arg = ["--base", base_folder] if Path(base_folder).is_dir() else ["--base-model-id", base_folder]
-    _run_converter("convert_lora_to_gguf.py", [*base_arg, "--outfile", str(tmp), "--outtype", outtype, str(adapter)],
-                   f"adapter {adapter}")
+    args = [*base_arg, "--outfile", str(tmp), "--outtype", outtype, str(adapter)]
+    if _bundled_gguf_importable(assets.llama_cpp_converters()):
+        _convert_lora_in_process(args, f"adapter {adapter}")
+    else:  # another gguf is imported here: the script must not run against it
+        _run_converter("convert_lora_to_gguf.py", args, f"adapter {adapter}")
     os.replace(tmp, out)
     atomic_write_json(sidecar, {**source, "gguf_sha256": sha256_path(out)})
     return out

@@ -77,6 +77,25 @@ def test_served_adapter_matches_the_peft_model(base, adapter, tmp_path):
     assert (adapter.parent / "writer.gguf").exists()  # converted once, cached beside the adapter
 
 
+def test_a_conversion_in_this_process_equals_the_scripts_own_run(base, adapter, tmp_path):
+    """llama.cpp's LoRA converter run in this interpreter (as the stages do, skipping a child's 10 s of
+    imports) writes the same bytes as the script run on its own, and leaves the logging set-up as it was;
+    a bad adapter is a ConversionError naming it."""
+    import logging
+
+    from speed_utils import gguf_lora
+
+    args = ["--base", base[0], "--outtype", "f32", str(adapter)]
+    handlers, level = logging.getLogger().handlers[:], logging.getLogger().level
+    gguf_lora._convert_lora_in_process(["--outfile", str(tmp_path / "here.gguf"), *args], "here")
+    assert (logging.getLogger().handlers, logging.getLogger().level) == (handlers, level)
+    gguf_lora._run_converter("convert_lora_to_gguf.py", ["--outfile", str(tmp_path / "child.gguf"), *args], "child")
+    assert (tmp_path / "here.gguf").read_bytes() == (tmp_path / "child.gguf").read_bytes()
+    with pytest.raises(gguf_lora.ConversionError, match="failed on adapter nowhere"):
+        gguf_lora._convert_lora_in_process(["--base", base[0], "--outfile", str(tmp_path / "x.gguf"),
+                                            str(tmp_path / "nowhere")], "adapter nowhere")
+
+
 def test_seeded_ordered_and_resumed_from_the_journal(base, adapter, tmp_path):
     """Per-request seeds give the same texts again; a kill mid-stage loses finished batches to no one."""
     reqs = [GenRequest(p, n=2, max_new_tokens=12, seed=i) for i, p in enumerate(PROMPTS)]
