@@ -23,17 +23,20 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from . import assets
 from .config import Config, resolve_path
-from .embed import decoder_embedder, encoder_embedder, query_text
+from .embed import decoder_embedder, encoder_embedder
 from .paths import PACKAGE_DATA
 from .precision import compute_dtype, dtype_name, release_memory
 from .runs import RunPaths, atomic_write_json, sha256_path, versions, write_jsonl
 from .stats import average_interval, paired_interval, spearman_interval
+
+if TYPE_CHECKING:
+    from .mteb_encoder import InstructedEncoder
 
 ASYMMETRIC = ("Retrieval", "Reranking", "InstructionRetrieval")  # instruction on queries only
 
@@ -59,46 +62,14 @@ def instruction_for(task_name: str, task_type: str) -> str:
 
 
 # ---------------------------------------------------------------- the model wrapper
-def _encoder_base():
-    from mteb.models.abs_encoder import AbsEncoder
+def __getattr__(name: str):
+    """``InstructedEncoder`` lives in :mod:`speed_utils.mteb_encoder`: importing mteb takes seconds, and the
+    run's summary, the results and the report read this module's labels and intervals without it."""
+    if name == "InstructedEncoder":
+        from .mteb_encoder import InstructedEncoder
 
-    return AbsEncoder
-
-
-class InstructedEncoder(_encoder_base()):
-    """A sentence-transformers model for mteb, adding E5-style instructions.
-
-    With ``use_instructions``, texts become ``Instruct: {task instruction}\\nQuery: {text}``, except
-    documents of retrieval and reranking tasks, which stay bare. Embeddings are L2-normalised.
-    """
-
-    def __init__(self, model, name: str, revision: str, use_instructions: bool, batch_size: int = 32):
-        from mteb.models.model_meta import ModelMeta, ScoringFunction
-
-        self.model = model
-        self.use_instructions = use_instructions
-        self.batch_size = batch_size
-        self.seen: list[tuple[str, str | None, str]] = []  # (task, prompt type, first text), for tests
-        self.mteb_model_meta = ModelMeta.create_empty({
-            "name": name, "revision": revision, "similarity_fn_name": ScoringFunction.COSINE,
-            "use_instructions": use_instructions, "framework": ["Sentence Transformers", "PyTorch"],
-            "embed_dim": model.get_embedding_dimension(),
-            "n_parameters": sum(p.numel() for p in model.parameters())})
-
-    def format(self, texts: list[str], task_name: str, task_type: str, prompt_type) -> list[str]:
-        is_doc = prompt_type is not None and getattr(prompt_type, "value", prompt_type) == "document"
-        if not self.use_instructions or (task_type in ASYMMETRIC and is_doc):
-            return texts
-        inst = instruction_for(task_name, task_type)
-        return [query_text(inst, t) for t in texts]
-
-    def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
-        texts = [t for batch in inputs for t in batch["text"]]
-        texts = self.format(texts, task_metadata.name, task_metadata.type, prompt_type)
-        if texts:
-            self.seen.append((task_metadata.name, getattr(prompt_type, "value", prompt_type), texts[0]))
-        return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False)
+        return InstructedEncoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------- local files
@@ -448,6 +419,8 @@ def untrained_record(cfg: Config, run: RunPaths, out_dir: Path) -> dict | None:
     tasks = [t for t in tasks_for(cfg, cfg.use_hub())[0] if is_sts(t)]
     rev = revision(cfg, c, run)
     predictions = Path(out_dir) / "results" / c.mteb_name.replace("/", "__") / rev / "predictions"
+    from .mteb_encoder import InstructedEncoder
+
     enc = InstructedEncoder(load_candidate(c, cfg.embedder.max_length), c.mteb_name, rev, c.use_instructions,
                             cfg.evaluate.batch_size)
     evaluate_model(enc, tasks, Path(out_dir), cfg.evaluate.batch_size, predictions)
@@ -458,6 +431,8 @@ def evaluate_stage(cfg: Config, run: RunPaths) -> dict:
     """Stage 08: every candidate on every task; mteb JSON under ``mteb/``, a score table in
     ``data/scores.jsonl`` whose rows name the mteb folder they came from, every model's per-pair STS
     similarities in ``data/sts_pairs.json``, and their bootstrap intervals in ``data/score_intervals.jsonl``."""
+
+    from .mteb_encoder import InstructedEncoder
 
     e = cfg.evaluate
     tasks, skipped = tasks_for(cfg, cfg.use_hub())

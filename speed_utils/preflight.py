@@ -131,13 +131,20 @@ def check_qlora(cfg: Config, prof: Path | None = None) -> list[Check]:
                                        f"{_where(prof, k, 'qlora')}: {k}.qlora" for k in wants))]
 
 
+def _gpu_driver() -> bool:
+    """Whether this machine has a GPU driver torch could use (NVIDIA's, or ROCm's kernel device)."""
+    return Path("/proc/driver/nvidia").exists() or Path("/dev/kfd").exists() or Path("/dev/nvidiactl").exists()
+
+
 def check_gpu(cfg: Config) -> list[Check]:
     """Every stage of the memory plan fits the GPU this machine has (``speed-repro plan``)."""
-    import torch
-
     stages = plan.plan(cfg)
     if not stages:
         return []
+    if not _gpu_driver():  # importing torch only to learn this takes seconds of every `speed-repro run`
+        return [Check("gpu", "skip", "no CUDA: the memory plan is for GPU profiles")]
+    import torch
+
     if not torch.cuda.is_available():
         return [Check("gpu", "skip", "no CUDA: the memory plan is for GPU profiles")]
     free, total = torch.cuda.mem_get_info()
