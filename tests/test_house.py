@@ -71,5 +71,5 @@ def test_stage_kernels_write_an_adapters_config_in_one_order():
             "'gate_proj', 'up_proj', 'down_proj']).to_dict()['target_modules'])")
     env = {**os.environ, **KERNEL_ENV}
     seen = {subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-            for _ in range(3)}
+            for _ in range(2)}  # two processes: with random hash seeds, 7 names agree by chance rarely
     assert len(seen) == 1, seen
