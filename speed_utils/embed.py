@@ -112,6 +112,9 @@ def merge_lora(st) -> None:
 def training_data(rows: Sequence[dict]):
     """Two datasets: triplets (with a hard negative) and pairs (text matching has none, §3.1).
 
+    Each batch comes from one of them; a single pair beside triplets is left out, since its batch would
+    contrast it with nothing (loss 0: the smoke run's stage 07 spent its first step so).
+
     The anchor is the instructed query; positives and negatives carry no instruction.
     """
     from datasets import Dataset, DatasetDict
@@ -120,6 +123,10 @@ def training_data(rows: Sequence[dict]):
                  "negative": r["negative"]} for r in rows if r.get("negative")]
     pairs = [{"anchor": query_text(r["instruction"], r["query"]), "positive": r["positive"]}
              for r in rows if not r.get("negative")]
+    if len(pairs) == 1 and triplets:  # its batch would hold no negative at all: loss 0, a wasted step
+        print("note: the one text-matching example (no hard negative) is left out of training: alone in its "
+              "batch it has nothing to be contrasted with", file=sys.stderr, flush=True)
+        pairs = []
     parts = {name: Dataset.from_list(data) for name, data in (("triplets", triplets), ("pairs", pairs)) if data}
     if not parts:
         raise ValueError("no training examples")
@@ -154,6 +161,7 @@ class EmbedResult:
     mini_batch_size: int | None
     losses: list[tuple[int, float]] = field(default_factory=list)
     dtype: str = ""  # "bf16" (autocast; bf16 frozen base under LoRA) or "fp32"
+    left_out: int = 0  # of ``examples``: a lone text-matching pair (:func:`training_data`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -213,7 +221,8 @@ def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, s
         gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, save_strategy="no",
         report_to="none", dataloader_num_workers=0, disable_tqdm=True)
     st.model_card_data.widget = card_widget(rows)
-    trainer = SentenceTransformerTrainer(model=st, args=args, train_dataset=training_data(rows), loss=loss,
+    data = training_data(rows)
+    trainer = SentenceTransformerTrainer(model=st, args=args, train_dataset=data, loss=loss,
                                          callbacks=[*(callbacks or []), step_logger()])
     train_seconds = trainer.train().metrics["train_runtime"]
     save_trained(st, trainer.accelerator, out_dir, lora, ec.lora, rebuild)
@@ -221,7 +230,8 @@ def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, s
     losses = [(h["step"], float(h["loss"])) for h in trainer.state.log_history if "loss" in h and "step" in h]
     return EmbedResult(path=str(out_dir), model=name, steps=trainer.state.global_step,
                        seconds=round(time.monotonic() - t0, 1), train_seconds=round(train_seconds, 1),
-                       examples=len(rows), trainable_params=trainable,
+                       examples=len(rows), left_out=len(rows) - sum(len(part) for part in data.values()),
+                       trainable_params=trainable,
                        loss=loss_name, batch_size=ec.batch_size, mini_batch_size=ec.mini_batch_size, losses=losses,
                        dtype=trained_in(args))
 

@@ -71,6 +71,16 @@ def _convert_lora_in_process(args: list[str], what: str) -> None:
         sys.path[:] = saved[3]
 
 
+def _convert_lora(args: list[str], what: str) -> None:
+    """In this interpreter where the converters' own gguf-py can be imported; else in a child process (where
+    transformers already imported PyPI's ``gguf``, say after dequantizing a GGUF, the script must not run
+    against that one: it lacks what the converters use)."""
+    if _bundled_gguf_importable(assets.llama_cpp_converters()):
+        _convert_lora_in_process(args, what)
+    else:
+        _run_converter("convert_lora_to_gguf.py", args, what)
+
+
 def adapter_to_gguf(adapter: Path, base_folder: str, outtype: str = "f32") -> Path:
     """``adapter`` (a PEFT LoRA folder) as a GGUF LoRA file, converted once per adapter content.
 
@@ -93,11 +103,7 @@ def adapter_to_gguf(adapter: Path, base_folder: str, outtype: str = "f32") -> Pa
     sidecar.unlink(missing_ok=True)  # never a sidecar that vouches for another conversion
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     base_arg = ["--base", base_folder] if Path(base_folder).is_dir() else ["--base-model-id", base_folder]
-    args = [*base_arg, "--outfile", str(tmp), "--outtype", outtype, str(adapter)]
-    if _bundled_gguf_importable(assets.llama_cpp_converters()):
-        _convert_lora_in_process(args, f"adapter {adapter}")
-    else:  # another gguf is imported here: the script must not run against it
-        _run_converter("convert_lora_to_gguf.py", args, f"adapter {adapter}")
+    _convert_lora([*base_arg, "--outfile", str(tmp), "--outtype", outtype, str(adapter)], f"adapter {adapter}")
     os.replace(tmp, out)
     atomic_write_json(sidecar, {**source, "gguf_sha256": sha256_path(out)})
     return out

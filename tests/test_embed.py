@@ -48,6 +48,15 @@ def test_instructions_reach_queries_and_not_documents():
     assert data["pairs"].column_names == ["anchor", "positive"]
 
 
+def test_a_lone_pair_is_not_a_batch_of_its_own(capsys):
+    """One example without a hard negative beside triplets would make a batch of one: loss 0, a wasted step."""
+    lone = [r for r in ROWS if r["negative"]][:4] + [next(r for r in ROWS if not r["negative"])]
+    assert set(embed.training_data(lone)) == {"triplets"} and "left out" in capsys.readouterr().err
+    two = lone + [r for r in ROWS if not r["negative"]][1:2]
+    assert len(embed.training_data(two)["pairs"]) == 2
+    assert len(embed.training_data(lone[-1:])["pairs"]) == 1  # nothing else to train on: kept
+
+
 def test_training_lowers_the_loss_changes_lora_and_reloads(tiny_lm, tmp_path):
     from sentence_transformers import SentenceTransformer
 

@@ -77,23 +77,48 @@ def test_served_adapter_matches_the_peft_model(base, adapter, tmp_path):
     assert (adapter.parent / "writer.gguf").exists()  # converted once, cached beside the adapter
 
 
-def test_a_conversion_in_this_process_equals_the_scripts_own_run(base, adapter, tmp_path):
-    """llama.cpp's LoRA converter run in this interpreter (as the stages do, skipping a child's 10 s of
-    imports) writes the same bytes as the script run on its own, and leaves the logging set-up as it was;
-    a bad adapter is a ConversionError naming it."""
-    import logging
+CONVERT_HERE = """
+import logging, sys
+from speed_utils import assets, gguf_lora
+import torch, transformers  # as in a stage's kernel
+root = logging.getLogger()
+before = (root.handlers[:], root.level)
+assert gguf_lora._bundled_gguf_importable(assets.llama_cpp_converters())
+gguf_lora._convert_lora_in_process(sys.argv[1:], "here")
+assert (root.handlers, root.level) == before, "the converter's logging set-up was left behind"
+try:
+    gguf_lora._convert_lora_in_process(["--base", sys.argv[2], "--outfile", "x.gguf", "nowhere"], "adapter nowhere")
+except gguf_lora.ConversionError as e:
+    assert "failed on adapter nowhere" in str(e), e
+else:
+    raise SystemExit("a missing adapter converted without an error")
+"""
+
+
+def test_a_conversion_in_this_process_equals_the_scripts_own_run(base, adapter, tmp_path, monkeypatch):
+    """llama.cpp's LoRA converter run in a stage's interpreter (skipping a child's 10 s of imports) writes the
+    same bytes as the script run on its own and leaves the logging set-up as it was; a bad adapter is a
+    ConversionError naming it. Where PyPI's gguf is already imported (as in this pytest process, after the
+    GGUF was dequantized), the conversion goes to a child process instead."""
+    import subprocess
+    import sys
+    import types
 
     from speed_utils import gguf_lora
 
     args = ["--base", base[0], "--outtype", "f32", str(adapter)]
-    handlers, level = logging.getLogger().handlers[:], logging.getLogger().level
-    gguf_lora._convert_lora_in_process(["--outfile", str(tmp_path / "here.gguf"), *args], "here")
-    assert (logging.getLogger().handlers, logging.getLogger().level) == (handlers, level)
+    here = subprocess.run([sys.executable, "-c", CONVERT_HERE, "--outfile", str(tmp_path / "here.gguf"), *args],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert here.returncode == 0, here.stderr[-3000:]
     gguf_lora._run_converter("convert_lora_to_gguf.py", ["--outfile", str(tmp_path / "child.gguf"), *args], "child")
     assert (tmp_path / "here.gguf").read_bytes() == (tmp_path / "child.gguf").read_bytes()
-    with pytest.raises(gguf_lora.ConversionError, match="failed on adapter nowhere"):
-        gguf_lora._convert_lora_in_process(["--base", base[0], "--outfile", str(tmp_path / "x.gguf"),
-                                            str(tmp_path / "nowhere")], "adapter nowhere")
+
+    monkeypatch.setitem(sys.modules, "gguf", types.ModuleType("gguf"))  # another gguf, imported first
+    calls = []
+    monkeypatch.setattr(gguf_lora, "_run_converter", lambda script, a, what: calls.append(script))
+    monkeypatch.setattr(gguf_lora, "_convert_lora_in_process", lambda *a: pytest.fail("converted against it"))
+    gguf_lora._convert_lora(["--outfile", str(tmp_path / "x.gguf"), *args], "adapter")
+    assert calls == ["convert_lora_to_gguf.py"]
 
 
 def test_seeded_ordered_and_resumed_from_the_journal(base, adapter, tmp_path):
