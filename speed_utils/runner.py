@@ -98,6 +98,13 @@ def run(profile: str, run_id: str | None = None, start: int = 0, until: int | No
         lock.release()
 
 
+def forget_trainings(run_paths: RunPaths, stage) -> None:
+    """A forced stage starts from scratch: remove the records beside its outputs that let a resumed stage
+    reuse a finished training (``train.trained_before``), so it trains again."""
+    for rel in stage.outputs + stage.optional_outputs:
+        remove(record_path(run_paths.root / rel))
+
+
 def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until: int | None, force: bool,
                 notebooks_dir: Path, log, verbose: bool = True) -> int:
     import papermill
@@ -131,9 +138,8 @@ def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until:
             walls[n] = None
             continue
         log(f"{label}: running ({why if not force else 'forced'})")
-        if force:  # from scratch: a forced stage trains again rather than reusing its finished trainings
-            for rel in stage.outputs + stage.optional_outputs:
-                remove(record_path(run_paths.root / rel))
+        if force:
+            forget_trainings(run_paths, stage)
         out_nb = run_paths.notebooks / files[n].name
         t0 = time.monotonic()
         logs = run_paths.logs / files[n].stem

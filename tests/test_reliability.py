@@ -288,3 +288,21 @@ def test_snapshot_copies_small_results_and_summarises_the_ledger(tmp_path):
     summary = json.loads((tmp_path / "snap" / "ledger_summary.json").read_text())
     assert summary["02_seed"] == {"calls": 1, "cache_hits": 1, "prompt_tokens": 5, "completion_tokens": 2}
     assert summary["total"]["unique_request_keys"] == 1
+
+
+def test_a_forced_stage_forgets_its_finished_trainings(tmp_path):
+    """--force: the records that let a resumed stage 07 reuse its trainings go, so both train again; another
+    stage's records stay."""
+    from speed_utils.runs import record_path
+    from speed_utils.train import record_training, trained_before
+
+    run = RunPaths(tmp_path / "run")
+    for rel in ("models/embedder", "models/baseline", "adapters/junior"):
+        (run.root / rel).mkdir(parents=True)
+        (run.root / rel / "model.safetensors").write_bytes(rel.encode())
+        record_training(run.root / rel, "key", {"steps": 1})
+        assert trained_before(run.root / rel, "key") == {"steps": 1}
+    runner.forget_trainings(run, registry.STAGES[7])
+    for rel in ("models/embedder", "models/baseline"):
+        assert trained_before(run.root / rel, "key") is None and not record_path(run.root / rel).exists()
+    assert trained_before(run.root / "adapters/junior", "key") == {"steps": 1}
