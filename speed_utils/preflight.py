@@ -132,8 +132,8 @@ def check_qlora(cfg: Config, prof: Path | None = None) -> list[Check]:
 
 
 def _gpu_driver() -> bool:
-    """Whether this machine has a GPU driver torch could use (NVIDIA's, or ROCm's kernel device)."""
-    return Path("/proc/driver/nvidia").exists() or Path("/dev/kfd").exists() or Path("/dev/nvidiactl").exists()
+    """Whether this machine has a GPU driver torch could use: NVIDIA's (WSL2's /dev/dxg included) or ROCm's."""
+    return any(Path(p).exists() for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd"))
 
 
 def check_gpu(cfg: Config) -> list[Check]:
@@ -141,12 +141,13 @@ def check_gpu(cfg: Config) -> list[Check]:
     stages = plan.plan(cfg)
     if not stages:
         return []
+    no_cuda = [Check("gpu", "skip", "no CUDA: the memory plan is for GPU profiles")]
     if not _gpu_driver():  # importing torch only to learn this takes seconds of every `speed-repro run`
-        return [Check("gpu", "skip", "no CUDA: the memory plan is for GPU profiles")]
+        return no_cuda
     import torch
 
     if not torch.cuda.is_available():
-        return [Check("gpu", "skip", "no CUDA: the memory plan is for GPU profiles")]
+        return no_cuda
     free, total = torch.cuda.mem_get_info()
     name, gib = torch.cuda.get_device_name(), total / plan.GIB
     over = [f"{p.stage} needs {p.total_gib:.1f} GiB of the {gib * p.usable:.1f} it may use" for p in stages
