@@ -76,7 +76,7 @@ def test_stage_kernels_write_an_adapters_config_in_one_order():
     with tempfile.TemporaryDirectory() as d:
         config.save_pretrained(d)
         written = json.loads((Path(d) / "adapter_config.json").read_text())["target_modules"]
-    assert isinstance(config.target_modules, set) and written == list(config.target_modules)
+    assert isinstance(config.target_modules, set) and sorted(written) == sorted(names)  # in set order
     code = f"print(list(set({names!r})))"  # what to_dict writes, without importing peft (11 s) per process
     env = {**os.environ, **KERNEL_ENV}
     seen = {subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
