@@ -54,7 +54,7 @@ run: setup
 smoke: setup
 	$(BIN)/speed-repro run --profile smoke
 
-## issue 16's study (params/study.yaml, about 80 min after `make run`): the larger ablation and a scaling curve
+## issue 16's study (params/study.yaml, 63 min measured after `make run` on a 2-core bf16 CPU): the larger ablation and a scaling curve
 ## over 1.5 decades; stages 00-10 are adopted from results/runs/cpu where it exists (else run first, +1 h).
 ## Its tables and figures land in results/reference/study/. A rerun resumes where it stopped.
 study: setup
