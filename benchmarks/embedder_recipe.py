@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +46,7 @@ def sts_score(st, task_name: str, rows: list[dict]) -> float:
     from scipy.stats import spearmanr
 
     from speed_utils.embed import query_text
-    from speed_utils.evaluate import instruction_for
+    from speed_utils.mteb_tasks import instruction_for
 
     inst = instruction_for(task_name, "STS")
     fmt = {t: query_text(inst, t) for r in rows for t in (r["sentence1"], r["sentence2"])}
@@ -70,11 +71,11 @@ def seed_mrr(st, rows: list[dict]) -> float:
 
 
 def task_rows(name: str, limit: int | None, seed: int) -> list[dict]:
-    from speed_utils import assets, evaluate
+    from speed_utils import assets, mteb_tasks
 
-    folder = (assets.data_folder(evaluate.PROXY_ASSET) if name in evaluate.PROXY
-              else ROOT.parent / "shared" / "data" / "mteb_local")
-    task = evaluate.file_task(name, folder, limit, seed)
+    local = os.environ.get("SPEED_REPRO_MTEB_LOCAL") or ROOT.parent / "shared" / "data" / "mteb_local"
+    folder = assets.data_folder(mteb_tasks.PROXY_ASSET) if name in mteb_tasks.PROXY else Path(local)
+    task = mteb_tasks.file_task(name, folder, limit, seed)
     task.load_data()
     return list(task.dataset["test"])
 

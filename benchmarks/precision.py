@@ -84,8 +84,9 @@ def scores(a) -> dict:
     import tempfile
     from pathlib import Path
 
-    from speed_utils import evaluate
+    from speed_utils import evaluate, mteb_tasks
     from speed_utils.config import load_profile
+    from speed_utils.mteb_encoder import InstructedEncoder
     from speed_utils.precision import dtype_name
     from speed_utils.runs import RunPaths
 
@@ -93,13 +94,13 @@ def scores(a) -> dict:
 
     run = RunPaths(Path(a.run).resolve())
     cfg = load_profile(yaml.safe_load(run.config.read_text())["name"])  # the profile the run was made with
-    tasks = [t for t in evaluate.tasks_for(cfg, use_hub=False)[0] if t.metadata.name in STS]
+    tasks = [t for t in mteb_tasks.tasks_for(cfg, use_hub=False)[0] if t.metadata.name in STS]
     out = {}
     with tempfile.TemporaryDirectory() as d:
         for c in evaluate.candidates(cfg, run):
             if not c.label.startswith(cfg.models.embedder):
                 continue
-            enc = evaluate.InstructedEncoder(evaluate.load_candidate(c, cfg.embedder.max_length), c.mteb_name,
+            enc = InstructedEncoder(evaluate.load_candidate(c, cfg.embedder.max_length), c.mteb_name,
                                              dtype_name(), c.use_instructions, cfg.evaluate.batch_size)
             out[c.label] = {r["task"]: r["score"] for r in evaluate.evaluate_model(enc, tasks, Path(d), cfg.evaluate.batch_size)}
     return {"scores": out, "dtype": dtype_name(), "limit": cfg.evaluate.limit}

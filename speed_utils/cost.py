@@ -183,7 +183,7 @@ def estimate(cfg: Config, table: dict | None = None) -> list[dict]:
 
     plan = [("brainstorm", b.n_topics * len(b.types), tok(brain), b.max_tokens),
             ("seed", s.n_examples, tok(seeds), s.max_tokens),
-            ("judge", cfg.senior.n_prompts * cfg.senior.judge_orders, tok([judge]), 400),
+            ("judge", cfg.senior.n_prompts * cfg.senior.judgements_per_list, tok([judge]), 400),
             ("revision", cfg.revisor.n_examples, tok([revise]), cfg.generation.max_new_tokens + 200),
             ("quality", 2 * cfg.quality.n_prompts, tok([judge_prompt(seeds[0], [gen_out] * 2)]), 400)]
     priced, price = price_for(cfg.teacher.model, table)

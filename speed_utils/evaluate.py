@@ -1,226 +1,29 @@
 """Stage 08: MTEB evaluation with E5-style instructions (SPEED §4.1, Table 1; E5-mistral §4).
 
-Three task sources, chosen per profile:
-
-1. **Real MTEB tasks** by name or benchmark (``MTEB(eng, v1)``: 56 tasks), when the Hub is reachable.
-2. **Local copies** of real MTEB test sets (``evaluate.local_tasks_dir``; CI and this machine use
-   ``../shared/data/mteb_local``). Each is the real mteb task class, with its name, metric and
-   protocol, reading local files instead of the Hub; its dataset revision reads ``local-<hash>`` so
-   its results can never pass for the Hub's. Where the data differ from MTEB's, :data:`NOTES` says so.
-3. **Proxy tasks** built from data shipped in PyPI wheels (gensim's Lee document-similarity set and
-   Pang & Lee polarity), so that an offline machine still evaluates something real.
-
-Results are mteb's own JSON files under ``mteb/``, one folder per model, with ``settings.json``
-(versions, dtype, batch size, instructions) beside them. mteb's cache makes a rerun skip every
-(model, task) already evaluated.
+Every candidate model (:func:`candidates`) on every task of the profile; where each task's data come
+from (the Hub, local copies, or proxy tasks from PyPI wheels) is :mod:`speed_utils.mteb_tasks`'s
+choice. Results are mteb's own JSON files under ``mteb/``, one folder per model, with
+``settings.json`` (versions, dtype, batch size, instructions) beside them. mteb's cache makes a rerun
+skip every (model, task) already evaluated.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import random
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import yaml
+from typing import TYPE_CHECKING
 
 from . import assets
-from .config import Config, resolve_path
+from .config import Config
 from .embed import decoder_embedder, encoder_embedder
-from .paths import PACKAGE_DATA
+from .mteb_tasks import NOTES, task_source, tasks_for
 from .precision import compute_dtype, dtype_name, release_memory
 from .runs import RunPaths, atomic_write_json, sha256_path, versions, write_jsonl
 from .stats import average_interval, paired_interval, spearman_interval
 
 if TYPE_CHECKING:
     from .mteb_encoder import InstructedEncoder
-
-ASYMMETRIC = ("Retrieval", "Reranking", "InstructionRetrieval")  # instruction on queries only
-
-# How the local copies differ from the data MTEB evaluates (../shared/data/mteb_local/README.md).
-NOTES = {
-    "STS12": "local copy lacks MSRvid: 2,358 of MTEB's 3,108 pairs; not comparable with published STS12",
-    "SICK-R": "local copy is the 4,927-pair SICK test part; MTEB uses all 9,927 pairs",
-    "MSRParaphraseCorpus": "not an MTEB task: the MSR paraphrase corpus test set, MTEB's PairClassification metric",
-    "LeeDocSTS": "proxy task from gensim's test data (50 news documents, 1,225 human-scored pairs); not in MTEB",
-    "PangLeePolarityClassification": "proxy task from gensim's test data (200 sentences, 2 classes); not in MTEB",
-}
-
-
-@lru_cache(maxsize=1)
-def instructions() -> dict:
-    return yaml.safe_load((PACKAGE_DATA / "instructions.yaml").read_text())
-
-
-def instruction_for(task_name: str, task_type: str) -> str:
-    """E5's instruction for a task, or the default of its type."""
-    table = instructions()
-    return table["tasks"].get(task_name) or table["types"].get(task_type) or table["types"]["STS"]
-
-
-# ---------------------------------------------------------------- the model wrapper
-def __getattr__(name: str):
-    """``InstructedEncoder`` lives in :mod:`speed_utils.mteb_encoder`: importing mteb takes seconds, and the
-    run's summary, the results and the report read this module's labels and intervals without it."""
-    if name == "InstructedEncoder":
-        from .mteb_encoder import InstructedEncoder
-
-        return InstructedEncoder
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# ---------------------------------------------------------------- local files
-def _sts_tsv(folder: Path) -> list[dict]:
-    """SemEval STS files: ``score<TAB>s1<TAB>s2``; unscored lines (STS15) are skipped."""
-    rows = []
-    for f in sorted(folder.glob("*.tsv")):
-        for line in f.read_text(encoding="utf-8").splitlines():
-            parts = line.split("\t")
-            if len(parts) >= 3 and parts[0].strip():
-                rows.append({"sentence1": parts[1], "sentence2": parts[2], "score": float(parts[0])})
-    return rows
-
-
-def _sick(folder: Path) -> list[dict]:
-    with open(folder / "SICK_test_annotated.txt", encoding="utf-8") as f:
-        return [{"sentence1": r["sentence_A"], "sentence2": r["sentence_B"], "score": float(r["relatedness_score"])}
-                for r in csv.DictReader(f, delimiter="\t")]
-
-
-def _banking(folder: Path) -> dict[str, list[dict]]:
-    labels = {c: i for i, c in enumerate(json.loads((folder / "categories.json").read_text()))}
-    out = {}
-    for split in ("train", "test"):
-        with open(folder / f"{split}.csv", encoding="utf-8") as f:
-            out[split] = [{"text": r["text"], "label": labels[r["category"]]} for r in csv.DictReader(f)]
-    return out
-
-
-def _msrp(folder: Path) -> list[dict]:
-    with open(folder / "msr-para-test.tsv", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    return [{"sentence1": r[3], "sentence2": r[4], "labels": int(r[0])} for r in rows[1:] if len(r) >= 5]
-
-
-def _lee(folder: Path) -> list[dict]:
-    docs = [d.strip() for d in (folder / "lee.cor").read_text(encoding="latin-1").splitlines() if d.strip()]
-    sims = [[float(x) for x in line.split()] for line in (folder / "similarities0-1.txt").read_text().splitlines()]
-    return [{"sentence1": docs[i], "sentence2": docs[j], "score": sims[i][j]}
-            for i in range(len(docs)) for j in range(i + 1, len(docs))]
-
-
-def _polarity(folder: Path) -> dict[str, list[dict]]:
-    """Pang & Lee sentences, alternately to train and test within each class."""
-    rows = []
-    for line in (folder / "pang_lee_polarity.cor").read_text(encoding="latin-1").splitlines():
-        label, _, text = line.partition(" ")
-        rows.append({"text": text.strip(), "label": int(label == "__label__pos")})
-    split: dict[str, list[dict]] = {"train": [], "test": []}
-    for c in (0, 1):
-        for i, r in enumerate(r for r in rows if r["label"] == c):
-            split["train" if i % 2 == 0 else "test"].append(r)
-    return split
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where a local or proxy task's files live and how to read them."""
-
-    folder: str  # subfolder of the local tasks dir, or of the data asset
-    read: Any
-    kind: str  # "local" or "proxy"
-
-
-LOCAL = {
-    "STS12": Source("sts12", _sts_tsv, "local"), "STS13": Source("sts13", _sts_tsv, "local"),
-    "STS14": Source("sts14", _sts_tsv, "local"), "STS15": Source("sts15", _sts_tsv, "local"),
-    "SICK-R": Source("sickr", _sick, "local"), "Banking77Classification": Source("banking77", _banking, "local"),
-    "MSRParaphraseCorpus": Source("msrp", _msrp, "local"),
-}
-PROXY = {"LeeDocSTS": Source("", _lee, "proxy"), "PangLeePolarityClassification": Source("", _polarity, "proxy")}
-PROXY_ASSET = "gensim-test-data"
-
-
-def _own_metadata(name: str):
-    """Metadata for this package's tasks that are not in MTEB (same fields mteb requires)."""
-    from mteb import TaskMetadata
-
-    kinds = {"MSRParaphraseCorpus": ("PairClassification", "max_ap", "https://www.microsoft.com/en-us/download/details.aspx?id=52398"),
-             "LeeDocSTS": ("STS", "cosine_spearman", "https://www.michaeldlee.com/publications"),
-             "PangLeePolarityClassification": ("Classification", "accuracy", "https://www.cs.cornell.edu/people/pabo/movie-review-data/")}
-    ttype, score, ref = kinds[name]
-    return TaskMetadata(name=name, description=NOTES[name], reference=ref, type=ttype, category="t2t",
-                        modalities=["text"], eval_splits=["test"], eval_langs=["eng-Latn"], main_score=score,
-                        dataset={"path": f"speed-repro/{name}", "revision": "local"})
-
-
-def _base_class(name: str):
-    import mteb
-    from mteb.abstasks.classification import AbsTaskClassification
-    from mteb.abstasks.pair_classification import AbsTaskPairClassification
-    from mteb.abstasks.sts import AbsTaskSTS
-
-    own = {"MSRParaphraseCorpus": AbsTaskPairClassification, "LeeDocSTS": AbsTaskSTS,
-           "PangLeePolarityClassification": AbsTaskClassification}
-    if name in own:
-        return own[name], _own_metadata(name)
-    cls = type(mteb.get_task(name))
-    return cls, cls.metadata
-
-
-def file_task(name: str, folder: Path, limit: int | None = None, seed: int = 0):
-    """The mteb task ``name`` reading its data from ``folder`` (a local or proxy :class:`Source`)."""
-    from datasets import Dataset, DatasetDict
-
-    source = (LOCAL | PROXY)[name]
-    path = folder / source.folder if source.folder else folder
-    if not path.is_dir():
-        raise FileNotFoundError(f"task {name}: no data folder {path}")
-    base, meta = _base_class(name)
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()
-                                     and p.suffix in (".tsv", ".txt", ".csv", ".json", ".cor"))).hexdigest()[:12]
-    meta = meta.model_copy(update={"dataset": {"path": f"local:{path}", "revision": f"local-{digest}"},
-                                   "description": f"{meta.description} [{source.kind} copy: {NOTES.get(name, 'same data as MTEB')}]"})
-
-    def load_data(self, **_):
-        data = source.read(path)
-        splits = data if isinstance(data, dict) else {"test": data}
-        if limit and len(splits["test"]) > limit:
-            rng = random.Random(f"{seed}:{name}")
-            splits["test"] = [splits["test"][i] for i in sorted(rng.sample(range(len(splits["test"])), limit))]
-        self.dataset = DatasetDict({k: Dataset.from_list(v) for k, v in splits.items()})
-        self.data_loaded = True
-
-    attrs: dict[str, Any] = {"metadata": meta, "load_data": load_data, "source_kind": source.kind}
-    if name == "LeeDocSTS":
-        attrs.update(min_score=0, max_score=1)
-    return type(f"File{base.__name__}_{name.replace('-', '_')}", (base,), attrs)()
-
-
-def tasks_for(cfg: Config, use_hub: bool) -> tuple[list, list[str]]:
-    """The profile's tasks and notes on what was left out (and why)."""
-    import mteb
-
-    e, tasks, skipped = cfg.evaluate, [], []
-    if e.benchmark or e.tasks:
-        if use_hub:
-            tasks += list(mteb.get_benchmark(e.benchmark).tasks) if e.benchmark else []
-            tasks += list(mteb.get_tasks(tasks=list(e.tasks))) if e.tasks else []
-        else:
-            skipped.append(f"{e.benchmark or ', '.join(e.tasks)}: needs the Hugging Face Hub, which is unreachable")
-    if e.local_tasks_dir:
-        tasks += [file_task(n, resolve_path(e.local_tasks_dir), e.limit, cfg.run.seed) for n in e.local_tasks]
-    if e.proxy_tasks:
-        folder = assets.data_folder(PROXY_ASSET)
-        tasks += [file_task(n, folder, e.limit, cfg.run.seed) for n in e.proxy_tasks]
-    return tasks, skipped
-
-
-def task_source(task) -> str:
-    return getattr(task, "source_kind", "mteb")
 
 
 # ---------------------------------------------------------------- running
@@ -437,8 +240,8 @@ def evaluate_stage(cfg: Config, run: RunPaths) -> dict:
     e = cfg.evaluate
     tasks, skipped = tasks_for(cfg, cfg.use_hub())
     if not tasks:
-        raise ValueError("no evaluation task: set evaluate.local_tasks_dir, evaluate.proxy_tasks, or "
-                         "evaluate.tasks/benchmark with the Hub reachable")
+        raise ValueError("no evaluation task: " + "; ".join(skipped) + " (evaluate.fallback_tasks and "
+                         "evaluate.proxy_tasks name none)")
     rows, predictions, models = [], {}, candidates(cfg, run)
     for c in models:
         print(f"evaluating {c.label} on {len(tasks)} tasks", flush=True)
@@ -459,11 +262,8 @@ def evaluate_stage(cfg: Config, run: RunPaths) -> dict:
     intervals = sts_intervals(record, reference=models[0].label if len(models) > 1 else None, seed=cfg.run.seed)
     write_jsonl(run.file("score_intervals"), intervals)
     return {"tasks": [t.metadata.name for t in tasks], "models": [c.label for c in models],
+            "sources": {t.metadata.name: task_source(t) for t in tasks},
             "skipped": skipped, "scores": {f"{r['label']} | {r['task']}": r["score"] for r in rows},
             "sts_average": {r["label"]: [r["value"], r["lo"], r["hi"]] for r in intervals if r["task"] == STS_AVERAGE},
             f"sts_average_minus_{models[0].label}": {r["label"]: [r["value"], r["lo"], r["hi"]] for r in intervals
                                                      if r["task"].startswith(f"{STS_AVERAGE} - ")}}
-
-
-__all__ = ["InstructedEncoder", "file_task", "tasks_for", "evaluate_model", "sts_intervals", "sts_pair_record", "instruction_for", "NOTES", "LOCAL",
-           "PROXY"]

@@ -1,11 +1,11 @@
 """The model wrapper mteb evaluates (SPEED §4.1: E5-style instructions on queries), apart from
-:mod:`speed_utils.evaluate` because importing mteb takes seconds."""
+:mod:`speed_utils.evaluate` because importing mteb takes seconds (the stage's summary and the report read evaluate without it)."""
 from __future__ import annotations
 
 from mteb.models.abs_encoder import AbsEncoder
 
 from .embed import query_text
-from .evaluate import ASYMMETRIC, instruction_for
+from .mteb_tasks import ASYMMETRIC, instruction_for
 
 
 class InstructedEncoder(AbsEncoder):

@@ -8,6 +8,7 @@ or ``skip`` with a reason a user can act on:
   on its Hub page by the account whose token is set; offline, every model needs a PyPI source.
 * **teacher**: the teacher's endpoint answers one tiny request (``GET /models``, no tokens billed)
   and takes the key in ``teacher.api_key_env``.
+* **tasks**: stage 08 has tasks to evaluate; which source each has (MTEB, local copies, proxies).
 * **ray**: a profile that runs stage 06 on Ray has Ray installed (the ``.[scale]`` extra).
 * **qlora** and **gpu**: QLoRA only where CUDA and bitsandbytes are present (on the CPU, 4-bit
   training gives silently wrong gradients, toolchain.md §c), and every stage of ``speed-repro plan``
@@ -23,7 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import assets, plan
+from . import assets, mteb_tasks, plan
 from .config import Config, ConfigError, key_owner
 from .teacher import openai_client
 
@@ -175,10 +176,19 @@ def check_ray(cfg: Config, prof: Path | None = None) -> list[Check]:
 def check(cfg: Config, prof: Path | None = None, network: bool = True) -> list[Check]:
     """Every pre-flight check of a profile (``prof``: its file, to name the file that sets a key);
     ``network=False`` leaves out the Hub and the endpoint."""
-    checks = check_qlora(cfg, prof) + check_gpu(cfg) + check_ray(cfg, prof)
+    checks = check_qlora(cfg, prof) + check_gpu(cfg) + check_ray(cfg, prof) + check_tasks(cfg)
     if network:
         checks = check_hub(cfg) + check_teacher(cfg, prof) + checks
     return checks
+
+
+def check_tasks(cfg: Config) -> list[Check]:
+    """Stage 08 has something to evaluate, and the user sees where each task's data come from (mteb_tasks.py)."""
+    p = mteb_tasks.plan(cfg, cfg.use_hub())
+    line = mteb_tasks.describe(p).removeprefix("evaluation tasks: ").replace("\n  left out: ", "; left out: ")
+    if not p.tasks:
+        return [Check("tasks", "fail", f"nothing to evaluate: {line}")]
+    return [Check("tasks", "warn" if p.skipped else "ok", line)]
 
 
 def require(checks: list[Check]) -> None:
@@ -188,5 +198,5 @@ def require(checks: list[Check]) -> None:
         raise ConfigError("pre-flight failed, before any teacher call:\n  " + "\n  ".join(c.line() for c in failed))
 
 
-__all__ = ["Check", "check", "require", "check_hub", "check_teacher", "check_qlora", "check_gpu", "check_ray",
+__all__ = ["Check", "check", "check_tasks", "require", "check_hub", "check_teacher", "check_qlora", "check_gpu", "check_ray",
            "hub_models"]

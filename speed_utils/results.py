@@ -218,11 +218,12 @@ def run_summary(run: RunPaths) -> dict:
     rows = list(read_jsonl(run.file("scores")))
     out: dict = {"mteb": {}, "local": {}, "checks": []}
     folders = {r["label"]: run.root / r["results"] for r in rows}  # the folders stage 08 wrote this time
+    not_whole = {r["task"] for r in rows if r["source"] != "mteb"}  # a sample of the Hub's data is not MTEB's score
     for label, folder in folders.items():
-        table = category_table(eng_v1_scores(load_folder(folder)))
+        table = category_table(eng_v1_scores({t: s for t, s in load_folder(folder).items() if t not in not_whole}))
         if table["evaluated"]:
             out["mteb"][label] = {"row": table_row(label, table), "coverage": describe_coverage(table)}
-    local_rows = [r for r in rows if r["source"] in ("local", "proxy")]
+    local_rows = [r for r in rows if r["source"] != "mteb"]  # local copies, proxies, samples of Hub tasks
     groups = local_groups(local_rows)
     for label in dict.fromkeys(r["label"] for r in local_rows):
         scores = {r["task"]: r["score"] for r in local_rows if r["label"] == label}

@@ -20,9 +20,9 @@ from typing import Sequence
 
 import yaml
 
-from . import preflight, report
+from . import mteb_tasks, preflight, report
 from .budget import estimate as wall_time, in_words, rates_for, slower_here
-from .config import Config, load_profile, merge_dicts, profile_path
+from .config import MTEB_LOCAL_ENV, Config, load_profile, merge_dicts, profile_path
 from .cost import STAGE_OF, estimate as teacher_plan
 from .paths import NOTEBOOKS_DIR, RESULTS_DIR
 from .registry import STAGES, StageError, marker_matches
@@ -75,6 +75,8 @@ def run(profile: str, run_id: str | None = None, start: int = 0, until: int | No
     cfg = load_profile(profile)  # validate before anything is created
     prof = profile_path(profile)
     preflight.require(preflight.check(cfg, prof, network=False))  # the Hub and the endpoint: stage 00
+    if os.environ.get(MTEB_LOCAL_ENV):  # the kernels (cwd notebooks/) read the profile again: the path absolute
+        os.environ[MTEB_LOCAL_ENV] = str(Path(os.environ[MTEB_LOCAL_ENV]).expanduser().resolve())
     for donor in map(RunPaths, map(Path, donors)):  # before the run folder is made
         if not donor.config.exists():
             raise StageError(f"--donor {donor.root}: not a run folder (no config.yaml)")
@@ -126,6 +128,8 @@ def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     ensure_kernel()
     log(f"run {run_paths.root} (profile {cfg.name}, stages {', '.join(f'{n:02d}' for n in todo)})")
+    if any(STAGES[n].name in ("evaluate", "scaling") for n in todo):  # the stages that evaluate
+        log(mteb_tasks.describe(mteb_tasks.plan(cfg, cfg.use_hub())))
     if not verbose:
         log(_expected(cfg, run_paths, todo, force))
     walls: dict[int, float | None] = {}
