@@ -10,23 +10,23 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections import Counter
 from pathlib import Path
 
-from . import assets
+from . import assets, data_quality
 from .config import Config
 from .generate import Generator, GenRequest, backend_name
 from .prompts import Prompt, judge_prompt, revision_prompt
 from .runs import RunPaths, read_jsonl, write_jsonl
 from .schema import (REVISION_FIELD_CHARS, generator_schema, parse_example, parse_json, parse_judgement, parse_revision,
                      response_format, revision_schema)
+from .stats import wilson
 from .teacher import Teacher
-from .teacher_data import ask_teacher, seed_prompts
+from .judge import JUDGE_MAX_TOKENS, calibrated_root
+from .teacher_data import Deterministic, ask_teacher, seed_prompts
 from .train import TrainResult, dpo, sft
 
-JUDGE_MAX_TOKENS = 400
 JUDGE_REASON_CHARS = 300  # a token holds at least one character, so a reason that loops (the smoke
                           # teacher's did) cannot run the judgement into its token cap before "best"
                           # and "worst" are written
@@ -47,15 +47,6 @@ def base_model(cfg: Config) -> str:
 def as_completion(output: dict) -> str:
     """The SFT target for one example: its JSON, as the generators should write it."""
     return json.dumps(output, ensure_ascii=False)
-
-
-class _Sampling:
-    """Teacher sampling for judgements and revisions: deterministic (SPEED App. B: judge at 0.0)."""
-
-    temperature, top_p = 0.0, 1.0
-
-    def __init__(self, max_tokens: int):
-        self.max_tokens = max_tokens
 
 
 # ---------------------------------------------------------------- 03 junior
@@ -144,7 +135,10 @@ def judge_root(cfg: Config, run: RunPaths, teacher: Teacher, root: list[dict]) -
     With two orders (the list as sampled, then reversed) a pair is kept only where both judgements name
     the same best output (:func:`agreed`): a judge that picks by position keeps nothing (issue 16).
     Invalid or tied picks are rejected and counted; the judge's agreement with itself is reported.
+    ``senior.judge: calibrated`` reads the preference from token probabilities instead (:mod:`speed_utils.judge`).
     """
+    if cfg.senior.judge == "calibrated":
+        return calibrated_root(cfg, run, teacher, root)
     k, n_orders = cfg.senior.k_samples, cfg.senior.judge_orders
     fmt = response_format("judgement", judge_schema(k)) if cfg.teacher.structured_output else None
     orders = judge_orders(k, n_orders)
@@ -155,7 +149,7 @@ def judge_root(cfg: Config, run: RunPaths, teacher: Teacher, root: list[dict]) -
             prompts.append(Prompt(id=pid, kind="judge", task_type=r["task_type"], task=r["task"], topic=r["topic"],
                                   text=judge_prompt(r["prompt"], [r["outputs"][i] for i in perm])))
             shown[pid] = (r["id"], perm)
-    kept, rejects = ask_teacher(teacher, "judge", prompts, _Sampling(JUDGE_MAX_TOKENS), cfg.run.seed, "04 teacher judges",
+    kept, rejects = ask_teacher(teacher, "judge", prompts, Deterministic(JUDGE_MAX_TOKENS), cfg.run.seed, "04 teacher judges",
                                 parse=lambda p, r: parse_judgement(r.content, k), schema=lambda p: fmt)
     verdicts: dict[str, list[dict]] = {}
     for p, _, parsed in kept:
@@ -195,6 +189,9 @@ def train_senior(cfg: Config, run: RunPaths) -> TrainResult:
     """DPO from the junior on the kept pairs. Where the judge agreed with itself on no list (two orders),
     DPO has nothing to learn from: the senior is the junior, unchanged, and the result says so."""
     pairs = list(read_jsonl(run.file("prefs")))
+    if not pairs and cfg.senior.judge == "calibrated":
+        return unchanged_junior(run, f"no list's averaged preference margin reached senior.judge_margin "
+                                     f"{cfg.senior.judge_margin}: DPO on no pair leaves the junior as it is")
     if not pairs and cfg.senior.judge_orders > 1:
         return unchanged_junior(run, "no list was judged alike in both orders: DPO on no pair leaves the junior as it is")
     if not pairs:
@@ -228,7 +225,7 @@ def revise_root(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
                       text=revision_prompt(r["prompt"], r["task"], r["outputs"][j])) for r, j in picks]
     structured = cfg.teacher.structured_output
     kept, rejects = ask_teacher(
-        teacher, "revision", prompts, _Sampling(cfg.generation.max_new_tokens + 200), cfg.run.seed, "05 teacher revises",
+        teacher, "revision", prompts, Deterministic(cfg.generation.max_new_tokens + 200), cfg.run.seed, "05 teacher revises",
         parse=lambda p, r: parse_revision(p.task_type, r.content, r.finish_reason),
         schema=lambda p: response_format("revision", revision_schema(p.task_type, REVISION_FIELD_CHARS))
         if structured else None)
@@ -260,16 +257,6 @@ def validity(task_type: str, text: str | None) -> dict:
     return {"valid_json": parse_json(text).ok, "schema_valid": parse_example(task_type, text).ok}
 
 
-def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def quality_check(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
     """Junior vs senior vs junior+revisor on held-out prompts: validity and a position-swapped judge."""
     q = cfg.quality
@@ -294,7 +281,7 @@ def quality_check(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
                                        text=judge_prompt(p.text, outs), task=p.task, topic=p.topic))
             order.append(first_is_senior)
     fmt = response_format("judgement", judge_schema(2)) if cfg.teacher.structured_output else None
-    kept, rejects = ask_teacher(teacher, "quality", pair_prompts, _Sampling(JUDGE_MAX_TOKENS), cfg.run.seed, "05 teacher compares",
+    kept, rejects = ask_teacher(teacher, "quality", pair_prompts, Deterministic(JUDGE_MAX_TOKENS), cfg.run.seed, "05 teacher compares",
                                 parse=lambda p, r: parse_judgement(r.content, 2), schema=lambda p: fmt)
     senior_first = dict(zip((p.id for p in pair_prompts), order))
     verdict = pairwise_tally([(p.id.rsplit("-", 1)[0], senior_first[p.id], parsed.value["best"]) for p, _, parsed in kept])
@@ -305,10 +292,30 @@ def quality_check(cfg: Config, run: RunPaths, teacher: Teacher) -> dict:
                      "junior_revised": r, **{f"{name}_{k}": v for name, text in
                                              (("junior", j), ("senior", s), ("revised", r))
                                              for k, v in validity(p.task_type, text).items()}})
+    checked = quality_rules(cfg, prompts, {"junior": junior, "senior": senior, "junior_revised": revised})
+    for row, *per_gen in zip(rows, *(checked[g] for g in checked)):
+        row["rules"] = {g: {k: v for k, v in c.items() if k not in ("prompt_id", "task_type")} for g, c in zip(checked, per_gen)}
     write_jsonl(run.file("quality"), rows)
     table = {name: {k: round(sum(row[f"{name}_{k}"] for row in rows) / max(len(rows), 1), 3)
                     for k in ("valid_json", "schema_valid")} for name in ("junior", "senior", "revised")}
-    return {"prompts": len(prompts), "validity": table, "senior_vs_junior": {**verdict, "judge_rejects": len(rejects)}}
+    rules = {"rates": data_quality.rate_table(checked),
+             "paired": data_quality.compare(checked, [("senior", "junior"), ("junior_revised", "junior")], cfg.run.seed)}
+    return {"prompts": len(prompts), "validity": table, "rules": rules,
+            "senior_vs_junior": {**verdict, "judge_rejects": len(rejects)}}
+
+
+def quality_rules(cfg: Config, prompts: list[Prompt], outputs: dict[str, list[str]]) -> dict[str, list[dict]]:
+    """Issue 31's data-quality rules on each generator's outputs for the same held-out prompts, with the
+    profile's baseline embedder (MiniLM) as the reference encoder that ranks positives above hard negatives."""
+    encode = None
+    if cfg.models.baseline_embedder:
+        from .embed import encoder_embedder
+
+        model = encoder_embedder(assets.st_folder(cfg.models.baseline_embedder, online=cfg.use_hub()))
+        encode = lambda texts: model.encode(texts, convert_to_numpy=True)  # noqa: E731
+    return {g: data_quality.check_generator(
+        [{"prompt_id": p.id, "task_type": p.task_type, "raw": text, "attributes": p.attributes, "task": p.task}
+         for p, text in zip(prompts, texts)], encode) for g, texts in outputs.items()}
 
 
 def pairwise_tally(trials: list[tuple[str, bool, int]]) -> dict:

@@ -9,12 +9,17 @@ bootstrap interval over its pairs (Efron & Tibshirani 1993, ch. 13):
 * :func:`average_interval`: the average over tasks, each task's pairs resampled independently;
 * :func:`paired_interval`: the difference of two models' averages on the *same* resampled pairs,
   so the pair-to-pair difficulty shared by both models cancels (the paired bootstrap);
-* :func:`slope_interval`: the slope of a log-linear fit over scaling points, refitted per replicate.
+* :func:`slope_interval`: the slope of a log-linear fit over scaling points, refitted per replicate;
+* :func:`seeded_interval` and :func:`seeded_difference` (issue 31): the same for a point trained with
+  several seeds, resampling the seeds and the pairs (a two-level bootstrap), so the interval covers the
+  training's own noise; :func:`decide` turns one into a verdict, with the smallest effect the design
+  could have detected.
 
 Resampling is seeded: the same inputs always give the same interval.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -43,6 +48,16 @@ class Interval:
 
     def __str__(self) -> str:
         return f"{self.value:.2f} [{self.lo:.2f}, {self.hi:.2f}]"
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def _spearman_rows(gold: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -127,6 +142,117 @@ def slope_interval(xs: Sequence[float], points: Sequence[Mapping[str, tuple[Sequ
     return _percentile(float(slope(point)), slope(boots), level)
 
 
+# ---------------------------------------------------------------- several trainings (issue 31)
+Pairs = Mapping[str, tuple[Sequence[float], Sequence[float]]]  # task -> (gold, prediction) of one training
+
+
+@dataclass(frozen=True)
+class SeededInterval(Interval):
+    """An interval over trainings and test pairs: ``seeds`` trainings (1: the training's noise is not
+    in it), ``se`` the replicates' standard deviation (the standard error the verdict's power uses)."""
+
+    seeds: int = 1
+    se: float = 0.0
+
+    def scaled(self, k: float) -> "SeededInterval":
+        return SeededInterval(self.value * k, self.lo * k, self.hi * k, self.seeds, self.se * abs(k))
+
+    def to_dict(self, digits: int = 2) -> dict:
+        return {**super().to_dict(digits), "seeds": self.seeds, "se": round(self.se, digits)}
+
+
+def _seed_replicates(runs: Sequence[Pairs], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(each training's average on the real pairs, shape (S,); on each replicate's resampled pairs, (n_boot, S)).
+    Every training is scored on the same resampled pairs in a replicate (their test set is one)."""
+    if not runs:
+        raise ValueError("no training to average")
+    names = sorted(runs[0])
+    if any(sorted(r) != names for r in runs):
+        raise ValueError(f"every training must be scored on the same tasks: {[sorted(r) for r in runs]}")
+    pointed = [_average(r, n_boot, seed) for r in runs]  # _average resamples by (seed, task): the same pairs
+    return np.array([p for p, _ in pointed]), np.stack([b for _, b in pointed], axis=1)
+
+
+def _over_seeds(points: np.ndarray, boots: np.ndarray, n_boot: int, seed: int, level: float) -> SeededInterval:
+    """Resample the trainings within each pair replicate, rescaled so that the seed level's variance is
+    unbiased for few seeds (Rao & Wu 1988: the plain bootstrap of a mean of S values has (S-1)/S of it)."""
+    S = points.shape[0]
+    if S == 1:
+        b = boots[:, 0]
+        return SeededInterval(float(points[0]), *map(float, np.quantile(b, [(1 - level) / 2, (1 + level) / 2])),
+                              seeds=1, se=float(b.std(ddof=1)))
+    pick = np.random.default_rng([seed, 31]).integers(0, S, size=(n_boot, S))
+    all_mean = boots.mean(axis=1)
+    drawn = np.take_along_axis(boots, pick, axis=1).mean(axis=1)
+    reps = all_mean + np.sqrt(S / (S - 1)) * (drawn - all_mean)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(reps, [a, 1 - a])
+    return SeededInterval(float(points.mean()), float(lo), float(hi), seeds=S, se=float(reps.std(ddof=1)))
+
+
+def seeded_interval(runs: Sequence[Pairs], n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> SeededInterval:
+    """The mean over trainings (one per seed) of the STS average, with a two-level bootstrap interval:
+    each replicate resamples the test pairs of every task, then the trainings."""
+    points, boots = _seed_replicates(runs, n_boot, seed)
+    return _over_seeds(points, boots, n_boot, seed, level)
+
+
+def seeded_difference(runs: Sequence[Pairs], reference: Sequence[Pairs], n_boot: int = N_BOOT, seed: int = 0,
+                      level: float = LEVEL) -> SeededInterval:
+    """Mean over seeds of (``runs[i]`` minus ``reference[i]``), the trainings paired by seed (same seed: same
+    row order and initialisation), on the same resampled pairs. A ``reference`` of one (an untrained model:
+    no seed) is subtracted from every training."""
+    if len(reference) not in (1, len(runs)):
+        raise ValueError(f"{len(runs)} trainings against {len(reference)}: pair them by seed, or give one reference")
+    points, boots = _seed_replicates(runs, n_boot, seed)
+    ref_points, ref_boots = _seed_replicates(reference, n_boot, seed)
+    return _over_seeds(points - ref_points, boots - ref_boots, n_boot, seed, level)
+
+
+def seeded_slope(xs: Sequence[float], runs: Sequence[Sequence[Pairs]], n_boot: int = N_BOOT, seed: int = 0,
+                 level: float = LEVEL) -> SeededInterval:
+    """The slope of ``avg = a + b·log10(x)`` with a two-level interval: ``runs[i][j]`` is size i trained with
+    seed j (the same seeds at every size); each seed's slope is fitted on the same resampled pairs, then the
+    seeds are resampled (:func:`seeded_interval`'s rescaling)."""
+    if len(set(xs)) < 2 or len(xs) != len(runs) or len({len(r) for r in runs}) != 1:
+        raise ValueError(f"a slope needs two sizes or more with the same seeds at each: sizes {list(xs)}, "
+                         f"trainings {[len(r) for r in runs]}")
+    lx = np.log10(np.asarray(xs, dtype=float))
+    lx = lx - lx.mean()
+    reps = [_seed_replicates(r, n_boot, seed) for r in runs]
+    points = np.stack([p for p, _ in reps])  # (sizes, S)
+    boots = np.stack([b for _, b in reps], axis=1)  # (n_boot, sizes, S)
+    slope = lambda y: np.einsum("...is,i->...s", y - y.mean(axis=-2, keepdims=True), lx) / (lx @ lx)  # noqa: E731
+    return _over_seeds(slope(points), slope(boots), n_boot, seed, level)
+
+
+POWER_Z = 0.8416  # z of 80% power
+
+
+def detectable(se: float, level: float = LEVEL) -> float:
+    """The smallest true effect a two-sided test at ``level`` finds with 80% power, given the standard error."""
+    from scipy.stats import norm
+
+    return float((norm.ppf((1 + level) / 2) + POWER_Z) * se)
+
+
+def decide(ci: Interval | None, null: float = 0.0) -> dict:
+    """A verdict a reader can trust: "holds" or "fails" only where the interval excludes ``null`` and covers
+    the trainings' noise (two seeds or more); else "undecided at this scale", with the smallest effect this
+    design could have detected."""
+    if ci is None:
+        return {"verdict": "not measured", "detectable": None}
+    seeds = getattr(ci, "seeds", None)
+    mde = round(detectable(ci.se), 2) if isinstance(ci, SeededInterval) and ci.se > 0 else None
+    if seeds is not None and seeds < 2:
+        return {"verdict": "undecided: one training (its noise is not in the interval)", "detectable": mde}
+    if ci.lo > null:
+        return {"verdict": "holds", "detectable": mde}
+    if ci.hi < null:
+        return {"verdict": "fails", "detectable": mde}
+    return {"verdict": "undecided at this scale", "detectable": mde}
+
+
 def _average(tasks: Mapping[str, tuple[Sequence[float], Sequence[float]]], n_boot: int,
              seed: int) -> tuple[float, np.ndarray]:
     """The average's point value and its bootstrap replicates; the resampled indices of a task depend
@@ -148,4 +274,5 @@ def _task_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:4], "little")
 
 
-__all__ = ["Interval", "spearman_interval", "average_interval", "paired_interval", "slope_interval", "resamples"]
+__all__ = ["Interval", "SeededInterval", "spearman_interval", "average_interval", "paired_interval", "slope_interval",
+           "seeded_interval", "seeded_difference", "seeded_slope", "decide", "detectable", "resamples", "wilson"]

@@ -59,6 +59,7 @@ class Request:
     max_tokens: int = 800
     seed: int | None = None
     response_format: str | None = None  # JSON text of an OpenAI response_format, if any
+    top_logprobs: int | None = None  # ask for each generated token's most likely alternatives (the calibrated judge)
     tag: str = ""
     kind: Kind | None = None  # what the call is for, as the ledger counts it (not part of the cache key)
 
@@ -74,6 +75,8 @@ class Request:
             body["seed"] = self.seed
         if self.response_format:
             body["response_format"] = json.loads(self.response_format)
+        if self.top_logprobs:
+            body.update(logprobs=True, top_logprobs=self.top_logprobs)
         return body
 
     def key(self, model: str) -> str:
@@ -93,6 +96,8 @@ class Reply:
     error: str | None = None  # set when this request gave no usable completion (a reject)
     tag: str = ""
     kind: Kind | None = None
+    # where asked for: per generated token, {"token", "top": [[alternative, logprob], ...]}
+    logprobs: list[dict] | None = None
 
     @property
     def ok(self) -> bool:
@@ -164,7 +169,8 @@ class Teacher:
         if hit is not None:
             reply = Reply(key=key, content=hit["content"], finish_reason=hit.get("finish_reason"),
                           prompt_tokens=hit.get("prompt_tokens", 0),
-                          completion_tokens=hit.get("completion_tokens", 0), cached=True, tag=req.tag, kind=req.kind)
+                          completion_tokens=hit.get("completion_tokens", 0), cached=True, tag=req.tag, kind=req.kind,
+                          logprobs=hit.get("logprobs"))
             with self._lock:
                 self.cache_hits += 1
             self._log(reply)
@@ -179,7 +185,8 @@ class Teacher:
             self.cache.put({"key": key, "model": self.s.model, "content": reply.content,
                             "finish_reason": reply.finish_reason, "prompt_tokens": reply.prompt_tokens,
                             "completion_tokens": reply.completion_tokens, "stage": self.stage,
-                            "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                            **({"logprobs": reply.logprobs} if reply.logprobs is not None else {})})
         self._log(reply)
         return reply
 
@@ -336,7 +343,18 @@ def _reply(resp, **common) -> Reply:
     choice = resp.choices[0]
     if choice.message is None or choice.message.content is None:
         return Reply(content=None, error="choice without content", **common)
-    return Reply(content=choice.message.content, finish_reason=choice.finish_reason, **common)
+    return Reply(content=choice.message.content, finish_reason=choice.finish_reason, logprobs=_token_logprobs(choice),
+                 **common)
+
+
+def _token_logprobs(choice) -> list[dict] | None:
+    """The chosen tokens and their top alternatives, where the request asked for them (OpenAI's
+    ``choices[0].logprobs.content``, which llama.cpp's server also returns)."""
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None
+    return [{"token": t.token, "top": [[a.token, round(float(a.logprob), 5)] for a in (t.top_logprobs or [])]}
+            for t in content]
 
 
 def _retry_after(e) -> float | None:

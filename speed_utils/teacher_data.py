@@ -22,6 +22,15 @@ from .teacher import Reply, Request, Teacher
 RAW_KEEP = 4000  # characters of a rejected reply kept for inspection
 
 
+class Deterministic:
+    """Teacher sampling for judgements and revisions: deterministic (SPEED App. B: judge at 0.0)."""
+
+    temperature, top_p = 0.0, 1.0
+
+    def __init__(self, max_tokens: int):
+        self.max_tokens = max_tokens
+
+
 def request_seed(run_seed: int, prompt_id: str) -> int:
     """A per-request sampling seed, so a teacher that honours ``seed`` is reproducible."""
     return int(hashlib.sha256(f"{run_seed}:{prompt_id}".encode()).hexdigest()[:8], 16)
@@ -34,13 +43,14 @@ def _reject(p: Prompt, reason: str, reply: Reply) -> dict:
 
 def ask_teacher(teacher: Teacher, kind: Kind, prompts: list[Prompt], sampling, run_seed: int, desc: str,
                 parse: Callable[[Prompt, Reply], Parsed], schema: Callable[[Prompt], str | None] = lambda p: None,
-                ) -> tuple[list[tuple[Prompt, Reply, Parsed]], list[dict]]:
+                top_logprobs: int | None = None) -> tuple[list[tuple[Prompt, Reply, Parsed]], list[dict]]:
     """Send one request per prompt (``sampling`` has temperature, top_p, max_tokens), parse each
     reply, and split the results into kept ``(prompt, reply, parsed)`` and reject rows. ``kind`` is what
-    the ledger counts the calls as (:data:`speed_utils.cost.Kind`)."""
+    the ledger counts the calls as (:data:`speed_utils.cost.Kind`); ``top_logprobs`` asks for each token's
+    most likely alternatives."""
     reqs = [Request.chat(p.text, temperature=sampling.temperature, top_p=sampling.top_p,
                          max_tokens=sampling.max_tokens, seed=request_seed(run_seed, p.id),
-                         response_format=schema(p), tag=p.id, kind=kind) for p in prompts]
+                         response_format=schema(p), tag=p.id, kind=kind, top_logprobs=top_logprobs) for p in prompts]
     kept, rejects = [], []
     for p, r in zip(prompts, teacher.map(reqs, desc=desc)):
         parsed = parse(p, r) if r.ok else None

@@ -1,7 +1,7 @@
 """A scripted OpenAI-compatible server on loopback, for injecting faults (never for real work).
 
 Each request pops the next scripted step; when the script is empty, ``default`` answers.
-Steps: ``("status", code, headers)``, ``("raw", body)``, ``("ok", content, finish_reason)``,
+Steps: ``("status", code, headers)``, ``("raw", body)``, ``("ok", content, finish_reason[, logprobs])``,
 ``("json", dict)``, ``("sleep", seconds, step)``.
 """
 from __future__ import annotations
@@ -12,10 +12,16 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def completion(content: str, finish_reason: str = "stop", prompt_tokens: int = 11, completion_tokens: int = 7) -> dict:
+def completion(content: str, finish_reason: str = "stop", prompt_tokens: int = 11, completion_tokens: int = 7,
+               logprobs: list | None = None) -> dict:
+    """A chat completion; ``logprobs``: [(token, [(alternative, logprob), ...]), ...] whose tokens make ``content``."""
+    choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}
+    if logprobs is not None:
+        choice["logprobs"] = {"content": [
+            {"token": tok, "logprob": next((lp for a, lp in top if a == tok), -1.0), "bytes": None,
+             "top_logprobs": [{"token": a, "logprob": lp, "bytes": None} for a, lp in top]} for tok, top in logprobs]}
     return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": "fake",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": finish_reason}],
+            "choices": [choice],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens}}
 
@@ -86,7 +92,8 @@ class FakeTeacher:
                     elif kind == "json":
                         payload = json.dumps(step[1]).encode()
                     else:
-                        payload = json.dumps(completion(step[1], step[2] if len(step) > 2 else "stop")).encode()
+                        payload = json.dumps(completion(step[1], step[2] if len(step) > 2 else "stop",
+                                                        logprobs=step[3] if len(step) > 3 else None)).encode()
                     self.send_response(200)
                     self.send_header("content-type", ctype)
                 self.send_header("content-length", str(len(payload)))

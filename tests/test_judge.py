@@ -103,3 +103,64 @@ def test_no_surviving_pair_leaves_the_senior_as_the_junior(smoke_cfg, run_paths)
     with pytest.raises(ValueError, match="no preference pair"):
         align.train_senior(smoke_cfg.model_copy(update={"senior": smoke_cfg.senior.model_copy(update={"judge_orders": 1})}),
                            run_paths)
+
+
+# ---------------------------------------------------------------- the calibrated judge (issue 31)
+import math  # noqa: E402
+
+from speed_utils import judge as calibrated  # noqa: E402
+
+
+def scored(best: int, worst: int, probs: list[float]) -> tuple:
+    """A judgement whose "best" index token carries ``probs`` over the shown indices (the fake's logprobs)."""
+    content = json.dumps({"best": best, "worst": worst, "reason": "scripted"})
+    top = sorted(((str(i), math.log(p)) for i, p in enumerate(probs) if p > 0), key=lambda x: -x[1]) + [(" the", -6.0)]
+    tokens = [('{"best": ', []), (str(best), top), (content[content.index(","):], [])]
+    return ("ok", content, "stop", tokens)
+
+
+def judge_calibrated(smoke_cfg, run_paths, make_teacher, answer, n: int = 4, margin: float = 0.15):
+    from fakes import FakeTeacher
+
+    cfg = smoke_cfg.model_copy(update={"senior": smoke_cfg.senior.model_copy(
+        update={"k_samples": 3, "judge": "calibrated", "judge_margin": margin})})
+    with FakeTeacher(default=answer) as fake:
+        out = align.judge_root(cfg, run_paths, make_teacher(fake.base_url), root(n))
+    assert out["judgements"] == 3 * n and all(b.get("top_logprobs") == calibrated.TOP_LOGPROBS for b in fake.requests)
+    return out, list(read_jsonl(run_paths.data / "prefs.jsonl"))
+
+
+def test_the_calibrated_judge_finds_no_preference_in_a_judge_that_picks_by_position(smoke_cfg, run_paths, make_teacher):
+    out, prefs = judge_calibrated(smoke_cfg, run_paths, make_teacher, lambda body: scored(0, 2, [0.9, 0.06, 0.04]))
+    assert prefs == [] and out["pairs"] == 0 and out["mean_margin"] < 1e-3  # every candidate averages 1/3
+    assert out["first_shown_mass"] == pytest.approx(0.9) and out["self_agreement"] == 0.0
+
+
+def test_the_calibrated_judge_yields_the_candidate_preferred_wherever_it_stands(smoke_cfg, run_paths, make_teacher):
+    def charlie(body):
+        at = shown(body).index("charlie")
+        return scored(at, (at + 1) % 3, [0.7 if i == at else 0.15 for i in range(3)])
+    out, prefs = judge_calibrated(smoke_cfg, run_paths, make_teacher, charlie)
+    assert [(p["chosen"], p["rejected"]) for p in prefs] == [("charlie", "alpha")] * 4  # a tie for worst: the first
+    assert all(p["margin"] == pytest.approx(0.55) for p in prefs) and out["pairs_share"] == 1.0
+    assert out["self_agreement"] == 1.0 and out["first_shown_mass"] == pytest.approx((0.7 + 0.15 + 0.15) / 3, abs=1e-3)
+
+
+def test_a_weak_preference_below_the_margin_keeps_no_pair(smoke_cfg, run_paths, make_teacher):
+    def slight(body):
+        at = shown(body).index("bravo")
+        return scored(at, (at + 1) % 3, [0.38 if i == at else 0.31 for i in range(3)])
+    out, prefs = judge_calibrated(smoke_cfg, run_paths, make_teacher, slight, margin=0.15)
+    assert prefs == [] and out["mean_margin"] == pytest.approx(0.07)
+
+
+def test_a_reply_without_token_probabilities_is_counted_not_guessed(smoke_cfg, run_paths, make_teacher):
+    out, prefs = judge_calibrated(smoke_cfg, run_paths, make_teacher, lambda body: verdict(1, 0))
+    assert prefs == [] and out["no_token_probabilities"] == 12
+
+
+def test_rotations_show_each_candidate_once_at_each_position():
+    rots = calibrated.rotations(3)
+    assert rots == [[0, 1, 2], [1, 2, 0], [2, 0, 1]]
+    assert all(sorted(r[pos] for r in rots) == [0, 1, 2] for pos in range(3))
+    assert calibrated.pick([1 / 3] * 3, 0.0) is None  # no preference, even at margin 0

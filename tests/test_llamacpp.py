@@ -52,3 +52,24 @@ def test_open_teacher_server_survives_between_batches(smoke_cfg, run_paths):
         second = t.map([Request.chat(f"Say a word. ({i})", max_tokens=8, seed=i) for i in range(2)])
         assert all(r.ok and not r.cached for r in first + second)
     assert (run_paths.logs / "llama-server.log").exists()
+
+
+def test_real_server_gives_the_calibrated_judge_its_token_probabilities(gguf, run_paths, make_teacher):
+    """issue 31: llama.cpp's chat endpoint returns top_logprobs, and the judge finds the "best" index in them."""
+    from speed_utils import judge
+    from speed_utils.prompts import judge_prompt
+
+    with LlamaServer(gguf, run_paths.logs / "server.log", n_ctx=2048, n_parallel=1) as srv:
+        t = make_teacher(srv.base_url, key="local-no-key", timeout_s=120)
+        fmt = response_format("judgement", judge.calibrated_schema(3))
+        text = judge_prompt("Write one sentence about the sea.",
+                            ["The sea is wide and blue.", "sea sea sea", "Cats sleep on warm windows."])
+        r = t.complete(Request.chat(text, temperature=0.0, max_tokens=80, seed=1, response_format=fmt,
+                                    top_logprobs=judge.TOP_LOGPROBS))
+        assert r.ok and r.logprobs and all("top" in tok for tok in r.logprobs), r
+        dist = judge.best_distribution(r, 3)
+        assert dist is not None and len(dist) == 3 and sum(dist) == pytest.approx(1.0)
+        assert max(range(3), key=lambda i: dist[i]) == parse_json(r.content).value["best"]  # greedy: the likeliest
+        cached = t.complete(Request.chat(text, temperature=0.0, max_tokens=80, seed=1, response_format=fmt,
+                                         top_logprobs=judge.TOP_LOGPROBS))
+        assert cached.cached and cached.logprobs == r.logprobs  # the cache keeps them: a rerun asks nothing

@@ -94,7 +94,7 @@ def test_task_list_numbered_or_bulleted_is_repaired_and_examples_dropped():
 
 
 def test_wilson_interval():
-    from speed_utils.align import wilson
+    from speed_utils.stats import wilson
 
     lo, hi = wilson(30, 50)
     assert 0.46 < lo < 0.47 and 0.72 < hi < 0.73  # textbook value for 30/50: [0.462, 0.724]

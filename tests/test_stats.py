@@ -91,3 +91,71 @@ def test_slope_interval_recovers_a_log_linear_trend_and_contains_zero_without_on
     assert (flat.value, flat.lo, flat.hi) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="two sizes"):
         slope_interval([10, 10], pts[:2])
+
+
+# ---------------------------------------------------------------- several trainings (issue 31)
+from speed_utils.stats import decide, seeded_difference, seeded_interval  # noqa: E402
+
+
+def trainings(rhos: list[float], n: int = 400, tasks=("A", "B"), seed: int = 0) -> list[dict]:
+    """One {task: (gold, prediction)} per training: each training's predictions correlate with gold at
+    its own rho (the seed's luck), on the same test pairs."""
+    rng = np.random.default_rng(seed)
+    gold = {t: rng.standard_normal(n) for t in tasks}
+    out = []
+    for rho in rhos:
+        out.append({t: (g, rho * g + math.sqrt(1 - rho * rho) * rng.standard_normal(n)) for t, g in gold.items()})
+    return out
+
+
+def test_where_the_seeds_vary_most_the_interval_is_wider_than_the_pairs_alone():
+    runs = trainings([0.30, 0.55, 0.80, 0.45, 0.70])  # training noise of +-0.2 against pair noise of ~0.04
+    two = seeded_interval(runs, n_boot=1000)
+    pairs_only = average_interval(runs[0], n_boot=1000)
+    assert two.seeds == 5 and two.hi - two.lo > 2 * (pairs_only.hi - pairs_only.lo)
+    assert two.value == pytest.approx(np.mean([average_interval(r).value for r in runs]))
+
+
+def test_one_training_gives_the_pair_interval_and_no_verdict():
+    runs = trainings([0.6])
+    one = seeded_interval(runs, n_boot=1000)
+    assert (one.lo, one.hi) == pytest.approx((average_interval(runs[0], n_boot=1000).lo,
+                                              average_interval(runs[0], n_boot=1000).hi))
+    assert decide(one)["verdict"].startswith("undecided: one training")
+
+
+def test_a_verdict_is_undecided_when_the_seeds_disagree():
+    base = trainings([0.5, 0.5, 0.5], seed=1)
+    # seed 0 and 1 gain, seed 2 loses as much: the pairs alone would call each gain clear
+    better = [{t: (g, p + k * g) for t, (g, p) in run.items()} for run, k in zip(base, (0.6, 0.6, -0.6))]
+    diff = seeded_difference(better, base, n_boot=1000)
+    assert diff.lo < 0 < diff.hi
+    out = decide(diff)
+    assert out["verdict"] == "undecided at this scale" and out["detectable"] > 0
+
+
+def test_a_gain_in_every_seed_holds_and_a_loss_fails():
+    base = trainings([0.4, 0.5, 0.45], seed=2)
+    better = [{t: (g, p + 0.5 * g) for t, (g, p) in run.items()} for run in base]
+    assert decide(seeded_difference(better, base, n_boot=1000))["verdict"] == "holds"
+    assert decide(seeded_difference(base, better, n_boot=1000))["verdict"] == "fails"
+
+
+def test_an_untrained_reference_is_subtracted_from_every_seed():
+    runs, (untrained,) = trainings([0.6, 0.7], seed=3), trainings([0.1], seed=3)
+    diff = seeded_difference(runs, [untrained], n_boot=500)
+    assert diff.value == pytest.approx(np.mean([average_interval(r).value for r in runs]) - average_interval(untrained).value)
+    with pytest.raises(ValueError, match="pair them by seed"):
+        seeded_difference(runs, runs + runs, n_boot=10)
+
+
+def test_a_seeded_slope_is_the_mean_of_each_seeds_slope_and_one_seed_gives_no_verdict():
+    from speed_utils.stats import seeded_slope
+
+    rhos = {2: [0.2, 0.3], 20: [0.5, 0.45], 200: [0.7, 0.65]}  # two seeds at three sizes
+    runs = [trainings(r, seed=5) for r in rhos.values()]
+    got = seeded_slope(list(rhos), runs, n_boot=500)
+    per_seed = [slope_interval(list(rhos), [runs[i][j] for i in range(3)], n_boot=10).value for j in range(2)]
+    assert got.value == pytest.approx(np.mean(per_seed)) and got.seeds == 2 and got.lo < got.value < got.hi
+    with pytest.raises(ValueError, match="same seeds"):
+        seeded_slope([2, 20], [runs[0], runs[1][:1]])
