@@ -1,6 +1,6 @@
 """The ``speed-repro`` command line: run, sweep, status, verify, report, estimate and the rest.
 
-Each command is a thin front over a module: :mod:`speed_utils.runner` runs stages and sweeps,
+Each command is a thin front over a module: :mod:`speed_utils.runner` runs stages, :mod:`speed_utils.sweeps` sweeps,
 :mod:`speed_utils.budget` and :mod:`speed_utils.cost` estimate, :mod:`speed_utils.plan` plans GPU
 memory, :mod:`speed_utils.report` renders. Errors the user can act on are printed in one line naming
 the file or key at fault (exit code 2 for a bad profile, 1 for a failed stage, 3 for a busy run folder).
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import assets, preflight, synthesis
+from . import assets, preflight, scale, synthesis
 from .assets import AssetError
 from .budget import colab_line, estimate as wall_time, gpus_for, hardware_line, rates_for, table as time_table
 from .config import ConfigError, list_profiles, load_profile, load_run_config, profile_path
@@ -25,7 +25,8 @@ from .llama_server import ServerError
 from .plan import GPUS, plan, table as memory_table
 from .registry import PRODUCER, STAGES, StageError, marker_matches
 from .report import build as build_report
-from .runner import run, sweep
+from .runner import run
+from .sweeps import sweep
 from .runs import RunLocked, RunPaths, atomic_write_json, read_jsonl, read_manifest, verify_files
 from .synthesis import SynthesisError
 from .teacher import TeacherError
@@ -120,7 +121,7 @@ def synthesize(profile: str, run_id: str | None, shard: str, runs_dir: Path | No
     for rel in STAGES[6].inputs:
         if not (run_paths.root / rel).exists():
             raise StageError(f"synthesis needs {run_paths.root / rel}, which stage {PRODUCER[rel]:02d} writes")
-    stats = synthesis.make_chunks(cfg, run_paths, part)
+    stats = synthesis.make_chunks(cfg, run_paths, part, remote=scale.executor_for(cfg))
     on = f"Ray, {stats['replicas']} replicas" if stats["executor"] == "ray" else "this process"
     log(f"shard {part}: made {stats['made']} chunks ({on}), {stats['skipped']} already there, of {stats['owned']} "
         f"owned ({stats['chunks']} in all) in {run_paths.root / stats['folder']}")

@@ -41,7 +41,6 @@ class Stage:
     optional_inputs: tuple[str, ...] = ()  # hashed when present (e.g. a baseline the profile may skip)
     optional_outputs: tuple[str, ...] = ()  # recorded when the stage wrote them
     config_files: Callable[[Config], list[Path]] | None = None  # files the config names whose content counts
-    runs_sweeps: bool = False  # the runner runs the profile's sweeps before the notebook, which reads them
 
 
 def _files(*names: str) -> tuple[str, ...]:
@@ -77,8 +76,7 @@ STAGES: dict[int, Stage] = {s.number: s for s in [
     Stage(10, "cost", "10_cost.ipynb", ("teacher.backend", "teacher.model"), optional_inputs=_files("ledger"),
           outputs=_files("cost")),
     Stage(11, "scaling", "11_scaling.ipynb", ("sweeps",), inputs=_files("scores"), outputs=_files("sweeps", "claims"),
-          config_files=lambda cfg: [resolve_path(p) for p in (cfg.sweeps.ablation, cfg.sweeps.scaling) if p],
-          runs_sweeps=True),
+          config_files=lambda cfg: [resolve_path(p) for p in (cfg.sweeps.ablation, cfg.sweeps.scaling) if p]),
 ]}
 PRODUCER = {out: s.number for s in STAGES.values() for out in s.outputs + s.optional_outputs}
 

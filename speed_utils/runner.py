@@ -4,8 +4,7 @@
 ``config.yaml`` once (the stages read it), then executes ``notebooks/NN_*.ipynb`` into the run folder.
 By default the terminal gets one line per stage, the stages' progress bars and warnings, a table of
 seconds per stage and a summary; papermill's cell log and the kernels' messages go to ``logs/``.
-A stage that :attr:`~speed_utils.registry.Stage.runs_sweeps` (11) has its sweeps run here first
-(:func:`run_sweeps`), each point a run of its own; its notebook reads their summaries.
+Stage 11 runs its sweeps' points itself (:mod:`speed_utils.sweeps`), each through this runner.
 """
 from __future__ import annotations
 
@@ -18,17 +17,15 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
 from . import mteb_tasks, preflight, report
 from .budget import estimate as wall_time, in_words, rates_for, slower_here
-from .config import MTEB_LOCAL_ENV, Config, load_profile, merge_dicts, profile_path
+from .config import MTEB_LOCAL_ENV, Config, load_profile, profile_path
 from .cost import STAGE_OF, estimate as teacher_plan
-from .paths import NOTEBOOKS_DIR, RESULTS_DIR
+from .paths import NOTEBOOKS_DIR
+from .adoption import adopt_run
 from .registry import STAGES, StageError, marker_matches
-from .runs import (LOCK_ENV, RunLock, RunLocked, RunPaths, append_jsonl, atomic_write_json, atomic_write_text,
+from .runs import (LOCK_ENV, RunLock, RunLocked, RunPaths, append_jsonl, atomic_write_text,
                    record_path, remove)
-from .sweeps import SUMMARY, SWEEP_KINDS, adopt_run, adopt_stages, load_sweep, sweeps_dir
 
 KERNEL_NAME = "speed-repro"  # pinned; registered in the venv by `make setup` or on first run
 
@@ -148,8 +145,6 @@ def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until:
         t0 = time.monotonic()
         logs = run_paths.logs / files[n].stem
         try:
-            if stage.runs_sweeps:
-                _sweeps_of_stage(cfg, run_paths, Path(f"{logs}.sweeps.log"), log, verbose)
             with open(f"{logs}.stdout.log", "a") as out, open(f"{logs}.stderr.log", "a") as err:
                 for f in (out, err):
                     f.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} stage {n:02d} ====\n")
@@ -159,9 +154,6 @@ def _run_stages(cfg: Config, prof: Path, run_paths: RunPaths, start: int, until:
                         str(files[n]), str(out_nb), kernel_name=KERNEL_NAME, cwd=str(notebooks_dir),
                         parameters={"run_dir": str(run_paths.root), "profile": str(prof)},
                         log_output=True, progress_bar=False, stdout_file=out, stderr_file=err)
-        except StageError as e:  # a sweep point failed
-            log(f"{label}: FAILED: {e}")
-            return 1
         except PapermillExecutionError as e:
             log(f"{label}: FAILED in cell {e.cell_index} (execution count {e.exec_count})\n"
                 f"  {e.ename}: {e.evalue}\n  executed notebook: {out_nb}\n"
@@ -259,82 +251,3 @@ def stage_time_table(walls: dict[int, float | None]) -> str:
     ran = [w for w in walls.values() if w is not None]
     lines.append(f"{'total':21s} {sum(ran):8.0f}  ({sum(ran) / 60:.1f} min, {len(ran)} stage(s) ran)")
     return "\n".join(lines)
-
-
-def sweep(spec_path: str | Path, runs_dir: Path | None = None, donors: Sequence[Path] = (), log=print) -> dict:
-    """Run every point of a sweep through the stage notebooks, reusing what points share.
-
-    Each point is a run folder ``<runs_dir>/<sweep name>/<point>`` with a generated profile that
-    ``extends`` the sweep's profile. Before a point runs, stages that one of ``donors`` (finished runs,
-    e.g. the main run and another sweep's points) or an earlier point made with the same config and
-    inputs are adopted (:func:`adopt_stages`), and the first donor's synthesis chunk cache is shared,
-    so variants reuse generator passes they have in common.
-    Returns a summary (also written to ``sweep.json``); raises :class:`StageError` if a point fails.
-    """
-    spec = load_sweep(spec_path)
-    root = Path(runs_dir or RESULTS_DIR) / spec["name"]
-    profiles = {}
-    for name, over in spec["points"].items():  # validate every point before running any
-        text = yaml.safe_dump({"extends": spec["profile"], **merge_dicts(spec.get("set") or {}, over)}, sort_keys=False)
-        prof = root / "profiles" / f"{name}.yaml"
-        if not prof.exists() or prof.read_text() != text:
-            atomic_write_text(prof, text)
-        profiles[name] = prof, load_profile(prof)
-    donors = [RunPaths(Path(d)) for d in donors]
-    # "order": the spec's order of the points (the JSON file sorts "points" by name); its first point is the
-    # one the others are compared with (the ablation's senior+revisor)
-    summary = {"name": spec["name"], "spec": str(spec["path"]), "order": list(profiles), "points": {}}
-    for name, (prof, cfg) in profiles.items():
-        run_paths = RunPaths(root / name).make()
-        if donors and not (run_paths.data / "synthesis").exists():  # content-addressed: safe to share
-            (donors[0].data / "synthesis").mkdir(parents=True, exist_ok=True)
-            os.symlink((donors[0].data / "synthesis").resolve(), run_paths.data / "synthesis")
-        log(f"sweep {spec['name']}: point {name}")
-        adopted = adopt_stages(run_paths, cfg, donors, spec["until"], log)
-        t0 = time.monotonic()
-        rc = run(str(prof), run_id=name, until=spec["until"], runs_dir=root, log=log, verbose=False)  # logs: its folder
-        if rc != 0:
-            raise StageError(f"sweep {spec['name']}: point {name} failed; see {run_paths.logs}")
-        summary["points"][name] = {"run": str(run_paths.root), "adopted": adopted, "seconds": round(time.monotonic() - t0, 1),
-                                   "profile": str(prof)}
-        donors.append(run_paths)
-    atomic_write_json(root / SUMMARY, summary)
-    return summary
-
-
-def _sweeps_of_stage(cfg: Config, run_paths: RunPaths, sweeps_log: Path, log, verbose: bool) -> None:
-    """The sweeps a stage reads, run before its notebook. Quiet, their points' lines and bars go to
-    ``sweeps_log`` (each point keeps its own logs in its run folder), as they did inside the kernel."""
-    if verbose:
-        run_sweeps(cfg, run_paths, log=log)
-        return
-    with open(sweeps_log, "a") as f, contextlib.redirect_stdout(f):
-        run_sweeps(cfg, run_paths, log=print)
-
-
-def run_sweeps(cfg: Config, run_paths: RunPaths, log=print) -> dict:
-    """Stage 11: the profile's ablation and scaling sweeps, inside ``<run>/sweeps/``. This run donates
-    every stage the points share with it, and the ablation's points donate to the scaling sweep (a
-    scaling point with the ablation's size and data adopts its embedder and scores). So do the points of
-    the runs this run adopted its stages from: a study that repeats a point the default run's stage 11
-    already ran adopts it whole."""
-    out: dict = {}
-    donors, donated = [run_paths.root], donated_points(run_paths)
-    for kind in SWEEP_KINDS:
-        spec = getattr(cfg.sweeps, kind)
-        if spec:
-            out[kind] = sweep(spec, runs_dir=sweeps_dir(run_paths), donors=donors + donated, log=log)
-            donors += [Path(p["run"]) for p in out[kind]["points"].values()]
-    return out
-
-
-def donated_points(run_paths: RunPaths) -> list[Path]:
-    """The sweep points of the runs that ``run_paths`` adopted stages from (``adopted_from`` in its markers)."""
-    sources = []
-    for n in STAGES:
-        source = run_paths.read_marker(n).get("adopted_from")
-        if source and source not in sources:
-            sources.append(source)
-    return [c.parent for s in sources for c in sorted(sweeps_dir(RunPaths(Path(s))).glob("*/*/config.yaml"))]
-
-

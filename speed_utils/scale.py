@@ -32,6 +32,8 @@ from .align import base_model as profile_base, generation_engine, open_generator
 from .config import Config
 from .gguf_lora import adapter_to_gguf
 from .runs import RunPaths, atomic_write_text, jsonl_text
+from . import synthesis
+from .synthesis import Progress, SynthesisError, chunk_path
 
 PLACEMENT_TIMEOUT_S = 1800  # long enough for nodes to join and vLLM engines to load
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2  # a local Ray carries chunk rows only: keep its shared memory small
@@ -119,8 +121,6 @@ class ChunkMaker:
         self.gen = open_generator(cfg, p.adapter, log, base_override=base_model, backend=engine)
 
     def __call__(self, batch: dict) -> dict:
-        from . import synthesis
-
         out: dict[str, list] = {"chunk": [], "rows": [], "valid": [], "tokens": []}
         for j in (int(x) for x in batch["chunk"]):
             before = self.gen.tokens_out
@@ -138,11 +138,15 @@ class ChunkMaker:
             gen.close()
 
 
+def executor_for(cfg: Config):
+    """What makes stage 06's chunks for :func:`speed_utils.synthesis.make_chunks`: :func:`make_passes` where
+    ``distributed.synthesis`` is "ray", else None (this process)."""
+    return make_passes if cfg.distributed.synthesis == "ray" else None
+
+
 def make_passes(cfg: Config, run: RunPaths, chunks: list, passes: list, shard, base_model: str | None = None,
                 backend: str | None = None) -> dict:
     """Run each pass (:class:`speed_utils.synthesis.Pass`) as a Ray Data pipeline; write chunks as they arrive."""
-    from .synthesis import Progress, SynthesisError, chunk_path
-
     if not available():
         raise SynthesisError(missing_ray_message(cfg))
     import ray

@@ -206,16 +206,17 @@ class Progress:
 
 
 def make_chunks(cfg: Config, run: RunPaths, shard: Shard = Shard(), base_model: str | None = None,
-                backend: str | None = None) -> dict:
+                backend: str | None = None, remote: Callable | None = None) -> dict:
     """Make every missing chunk this shard owns, first the writer's, then the revisor's: in this
-    process, or as a Ray Data pipeline where ``distributed.synthesis`` is "ray" (:mod:`speed_utils.scale`).
-    Either way each chunk is written whole (atomically) as it arrives, so a kill loses only chunks in flight."""
+    process, or through ``remote`` (:func:`speed_utils.scale.executor_for`: a Ray Data pipeline where
+    ``distributed.synthesis`` is "ray"). Either way each chunk is written whole (atomically) as it
+    arrives, so a kill loses only chunks in flight."""
     chunks, passes, stats = plan(cfg, run, shard)
     t0, tokens = time.monotonic(), 0
-    if cfg.distributed.synthesis == "ray" and passes:
-        from . import scale
-
-        return {**stats, **scale.make_passes(cfg, run, chunks, passes, shard, base_model, backend),
+    if cfg.distributed.synthesis == "ray" and remote is None and passes:
+        raise SynthesisError("distributed.synthesis is 'ray': pass remote=speed_utils.scale.executor_for(cfg)")
+    if remote is not None and passes:
+        return {**stats, **remote(cfg, run, chunks, passes, shard, base_model, backend),
                 "seconds": round(time.monotonic() - t0, 1)}
     for p in passes:
         with open_generator(cfg, p.adapter, run.logs / "llama-generator.log", base_override=base_model,

@@ -55,12 +55,83 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_the_layers_import_downwards():
-    """Nothing imports the command line; only it imports the runner; the stages import no runner."""
+    """Nothing imports the command line; only it and the sweeps (stage 11 runs its points as runs) import
+    the runner."""
     for path in PACKAGE.rglob("*.py"):
         got = _imports(path)
         assert "cli" not in got, path
-        if path.name != "cli.py":
+        if path.name not in ("cli.py", "sweeps.py"):
             assert "runner" not in got, path
+
+
+def _module_imports(path: Path) -> set[str]:
+    """The package modules a module imports, at the top or inside functions (``from . import x`` too)."""
+    pkg = PACKAGE.name
+    here = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            parent = here[:len(here) - node.level]
+            base = ".".join(parent + tuple((node.module or "").split("."))).strip(".")
+            names = [f"{base}.{a.name}" for a in node.names] if not node.module else [base]
+            out |= set(names)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith(pkg + ".")}
+    known = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts) for p in PACKAGE.rglob("*.py")}
+    return {m for m in out if m in known and not m.endswith("__init__")}
+
+
+def import_cycles() -> list[list[str]]:
+    """Every cycle in the package's import graph (strongly connected modules), imports inside functions included."""
+    graph = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts): _module_imports(p)
+             for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_cycle_finder_finds_a_planted_cycle(tmp_path, monkeypatch):
+    import speed_utils
+
+    pkg = tmp_path / "speed_utils"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from .b import g\n")
+    (pkg / "b.py").write_text("from . import a\n")
+    (pkg / "c.py").write_text("from .a import f\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    assert import_cycles() == [["speed_utils.a", "speed_utils.b"]]
+    assert speed_utils
+
+
+def test_the_package_has_no_import_cycle():
+    """Issue 34: no two modules import each other, directly or round a loop, not even inside a function."""
+    assert import_cycles() == []
 
 
 def test_stage_kernels_write_an_adapters_config_in_one_order():

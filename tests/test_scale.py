@@ -111,7 +111,7 @@ def reference(tmp_path_factory, adapters):
     tmp = tmp_path_factory.mktemp("local")
     cfg = load_profile(profile(tmp, "local"))
     run = new_run(tmp / "run", adapters)
-    made = synthesis.make_chunks(cfg, run)
+    made = synthesis.make_chunks(cfg, run, remote=scale.executor_for(cfg))
     assert made["executor"] == "local" and made["made"] == CHUNKS
     merged = synthesis.merge(cfg, run)
     files = {f: (run.data / f).read_bytes() for f in ("synthetic.jsonl", "synthesis_rejects.jsonl")}
@@ -201,7 +201,7 @@ def test_a_killed_replica_is_restarted_and_a_killed_driver_resumes(tmp_path, ada
     assert len(_chunks(wdir)) == CHUNKS and 1 <= len(_chunks(rdir)) < CHUNKS
     before = {**_chunks(wdir), **{f"revised/{k}": v for k, v in _chunks(rdir).items()}}
 
-    made = synthesis.make_chunks(cfg, run)  # the rerun, in this process, on a Ray of its own
+    made = synthesis.make_chunks(cfg, run, remote=scale.executor_for(cfg))  # the rerun, in this process, on a Ray of its own
     assert (made["executor"], made["replicas"], made["engine"]) == ("ray", 2, "llamacpp") and made["tokens_out"] > 0
     assert (made["writer_made"], made["revisor_made"]) == (0, 2 * CHUNKS - len(before))
     after = {**_chunks(wdir), **{f"revised/{k}": v for k, v in _chunks(rdir).items()}}
@@ -211,4 +211,4 @@ def test_a_killed_replica_is_restarted_and_a_killed_driver_resumes(tmp_path, ada
     assert {**{f: (run.data / f).read_bytes() for f in ("synthetic.jsonl", "synthesis_rejects.jsonl")},
             **chunk_files(cfg, run)} == files  # byte for byte: 2 x CHUNKS chunk files and the merged ones
     assert len(files) == 2 + 2 * CHUNKS
-    assert synthesis.make_chunks(cfg, run)["made"] == 0  # everything there: a rerun starts no Ray at all
+    assert synthesis.make_chunks(cfg, run, remote=scale.executor_for(cfg))["made"] == 0  # everything there: a rerun starts no Ray at all

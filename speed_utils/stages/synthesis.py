@@ -2,10 +2,10 @@
 kept and deduplicated into ``synthetic.jsonl``."""
 from __future__ import annotations
 
-from .. import synthesis
+from .. import scale, synthesis
 from ..registry import StageContext, StageResult
 
 
 def run(ctx: StageContext) -> StageResult:
-    made = synthesis.make_chunks(ctx.cfg, ctx.run)
+    made = synthesis.make_chunks(ctx.cfg, ctx.run, remote=scale.executor_for(ctx.cfg))
     return StageResult({"chunks": made, **synthesis.merge(ctx.cfg, ctx.run)})
