@@ -110,9 +110,10 @@ def check_teacher(cfg: Config, prof: Path | None = None, timeout_s: float = 15.0
                                          f"in {_where(prof, 'teacher', 'base_url')}")]
     except openai.APIError as e:
         return [Check("teacher", "fail", f"{tc.base_url}: {type(e).__name__}: {e}")]
-    if models and tc.model not in models:  # a warning: deployments and proxies may serve unlisted names
-        return [Check("teacher", "warn", f"{tc.base_url} answers, but does not serve teacher.model {tc.model!r} "
-                                         f"(it lists {len(models)}, e.g. {', '.join(sorted(models)[:3])})")]
+    if models and tc.model not in models:  # every call would fail: refuse before the first is paid for
+        return [Check("teacher", "fail", f"{tc.base_url} answers, but does not serve teacher.model {tc.model!r} "
+                                         f"(it lists {len(models)}, e.g. {', '.join(sorted(models)[:3])}): check "
+                                         f"teacher.model in {_where(prof, 'teacher', 'model')}")]
     return [Check("teacher", "ok", f"{tc.base_url} answers and takes the key in ${tc.api_key_env}")]
 
 

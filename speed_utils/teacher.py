@@ -68,9 +68,10 @@ class Request:
         msgs = ((("system", system),) if system else ()) + (("user", user),)
         return cls(messages=msgs, **kw)
 
-    def body(self, model: str) -> dict:
+    def body(self, model: str, cap: str = "max_tokens") -> dict:
+        """The request's JSON; ``cap``: the field that caps the completion (TeacherCfg.cap_name)."""
         body = {"model": model, "messages": [{"role": r, "content": c} for r, c in self.messages],
-                "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+                "temperature": self.temperature, "top_p": self.top_p, cap: self.max_tokens}
         if self.seed is not None:
             body["seed"] = self.seed
         if self.response_format:
@@ -79,8 +80,8 @@ class Request:
             body.update(logprobs=True, top_logprobs=self.top_logprobs)
         return body
 
-    def key(self, model: str) -> str:
-        return hashlib.sha256(json.dumps(self.body(model), sort_keys=True).encode()).hexdigest()
+    def key(self, model: str, cap: str = "max_tokens") -> str:
+        return hashlib.sha256(json.dumps(self.body(model, cap), sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -133,6 +134,7 @@ class TeacherSettings:
     backoff_s: float = 1.0
     max_calls: int | None = None
     max_tokens: int | None = None
+    cap_name: str = "max_tokens"  # the request field that caps a completion (TeacherCfg.cap_name)
 
     @classmethod
     def from_cfg(cls, tc) -> "TeacherSettings":
@@ -164,7 +166,7 @@ class Teacher:
     # -- one request --------------------------------------------------------------------
     def complete(self, req: Request) -> Reply:
         """Return a cached or fresh reply; raise only when the whole run must stop."""
-        key = req.key(self.s.model)
+        key = req.key(self.s.model, self.s.cap_name)
         hit = self.cache.get(key)
         if hit is not None:
             reply = Reply(key=key, content=hit["content"], finish_reason=hit.get("finish_reason"),
@@ -232,7 +234,7 @@ class Teacher:
             t0, malformed = time.monotonic(), False
             wait = self.s.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random())
             try:
-                resp = client.chat.completions.create(**req.body(self.s.model))
+                resp = client.chat.completions.create(**req.body(self.s.model, self.s.cap_name))
                 if isinstance(resp, ChatCompletion):
                     return _reply(resp, key=key, attempts=attempt, latency_s=time.monotonic() - t0, tag=req.tag, kind=req.kind)
                 last, malformed = "malformed response body (not JSON)", True  # openai 3.x returns a str

@@ -53,7 +53,8 @@ def fault_kind(step) -> str | None:
 
 
 class FakeTeacher:
-    def __init__(self, default=None):
+    def __init__(self, default=None, models: list[str] | None = None):
+        self.models = models  # GET /models lists these (None: 404, as a server without a model list)
         self.script: list = []
         self.default = default or (lambda body: ("ok", '{"answer": "fine"}', "stop"))
         self.requests: list[dict] = []
@@ -64,6 +65,19 @@ class FakeTeacher:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *a):
                 pass
+
+            def do_GET(self):
+                if fake.models is None or not self.path.endswith("/models"):
+                    self.send_response(404)
+                    payload = json.dumps({"error": {"message": "not found", "type": "fake"}}).encode()
+                else:
+                    self.send_response(200)
+                    payload = json.dumps({"object": "list", "data": [{"id": m, "object": "model", "created": 0,
+                                                                       "owned_by": "fake"} for m in fake.models]}).encode()
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))

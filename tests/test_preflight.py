@@ -133,3 +133,41 @@ def test_a_profile_that_synthesizes_on_ray_needs_ray_installed(tmp_path, monkeyp
     (c,) = preflight.check_ray(load_profile(prof), prof)
     assert c.status == "fail" and "pip install -e '.[scale]'" in c.detail and f"{prof}: distributed.synthesis" in c.detail
     assert preflight.check_ray(load_profile("smoke"), None) == []  # one process: nothing to check
+
+
+def test_a_teacher_model_the_endpoint_does_not_serve_is_refused(tmp_path, monkeypatch):
+    """issue 33: every call would fail on it, so the pre-flight refuses the run (it used to warn)."""
+    from fakes import FakeTeacher
+
+    from speed_utils.config import load_profile
+    from speed_utils.preflight import check_teacher
+
+    monkeypatch.setenv("SPEED_TEST_TEACHER_KEY", "k")
+    with FakeTeacher(models=["gpt-4o-mini", "gpt-4.1"]) as fake:
+        prof = tmp_path / "t.yaml"
+        prof.write_text(yaml.safe_dump({"extends": "smoke", "teacher": {
+            "backend": "openai", "model": "gpt-4o-2024-05-13", "base_url": fake.base_url,
+            "api_key_env": "SPEED_TEST_TEACHER_KEY"}}))
+        check, = check_teacher(load_profile(prof), prof)
+        assert check.status == "fail" and "does not serve teacher.model 'gpt-4o-2024-05-13'" in check.detail
+        assert str(prof) in check.detail
+        fake.models = ["gpt-4o-2024-05-13"]
+        assert check_teacher(load_profile(prof), prof)[0].status == "ok"
+
+
+def test_openais_own_endpoint_gets_max_completion_tokens(make_teacher):
+    """Newer OpenAI models refuse max_tokens with HTTP 400 (the teacher counted those as rejects)."""
+    from fakes import FakeTeacher
+
+    from speed_utils.config import TeacherCfg
+    from speed_utils.teacher import Request
+
+    openai = TeacherCfg(backend="openai", model="gpt-5", base_url="https://api.openai.com/v1")
+    assert openai.cap_name == "max_completion_tokens"
+    assert TeacherCfg(backend="openai", model="m", base_url="http://127.0.0.1:8000/v1").cap_name == "max_tokens"
+    assert TeacherCfg(backend="openai", model="m", base_url="http://x/v1", token_param="max_completion_tokens").cap_name \
+        == "max_completion_tokens"
+    with FakeTeacher() as fake:
+        t = make_teacher(fake.base_url, cap_name="max_completion_tokens")
+        assert t.complete(Request.chat("hi", max_tokens=7)).ok
+        assert fake.requests[-1]["max_completion_tokens"] == 7 and "max_tokens" not in fake.requests[-1]

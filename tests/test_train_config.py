@@ -17,7 +17,10 @@ def test_gpu_training_config_builds_on_the_cpu(profile, section, tmp_path, monke
     cfg = load_profile(profile)
     assert cfg.models.generator == "llama-3-8b"
     tc = getattr(cfg, section)
-    assert (tc.lr, tc.batch_size) == PAPER_LR_BATCH[section]
+    lr, batch = PAPER_LR_BATCH[section]
+    if (profile, section) == ("gpu-24gb", "revisor"):  # a tenth of the paper's revisions: lr x steps kept (issue 33)
+        lr = 5e-5
+    assert (tc.lr, tc.batch_size) == (lr, batch)
 
     lora = train.lora_config(tc.lora)
     assert (lora.r, lora.lora_alpha, lora.target_modules) == (16, 32, "all-linear")
