@@ -18,7 +18,7 @@ import yaml
 from . import mteb_tasks, precision
 from .config import Config, ConfigError, lineage, merge_dicts, resolve_path
 from .cost import estimate as teacher_plan
-from .sweeps import SWEEP_KINDS, load_sweep
+from .sweep_spec import SWEEP_KINDS, load_sweep
 
 # texts encoded per task at full size: per-task seconds of the reference cpu run's stage 08 at its
 # measured 30 texts/s (STS12 162 s, STS13 70, STS14 185, STS15 222, SICK-R 202, Banking77 209;
@@ -252,14 +252,20 @@ def _sweeps_s(cfg: Config, r: dict) -> float:
             for p in passes - seen:  # a generation pass no run or earlier point made
                 total += _gen_s(g, n, p[2])
             seen |= passes
-            rows = (point.get("embedder") or {}).get("train_examples", emb.get("train_examples"))
-            rows = rows or int(0.93 * cfg.synthesis.n_examples)
-            sig = ("point", rows, str(sorted(syn.items())))
+            pe = {**emb, **(point.get("embedder") or {})}  # seeds and controls (issue 31) are points of their own
+            rows = pe.get("train_examples") or int(0.93 * cfg.synthesis.n_examples)
+            sig = ("point", str(sorted(pe.items())), str(sorted(syn.items())))
             if sig in seen:
                 continue  # adopted from a point already counted
             seen.add(sig)
-            total += _embed_train_s(r, rows, emb.get("epochs", cfg.embedder.epochs))
+            steps = pe.get("max_steps")  # equal steps: the rows a training passes through, whatever it holds
+            seen_rows, epochs = (steps * pe.get("batch_size", cfg.embedder.batch_size), 1) if steps else \
+                (rows, pe.get("epochs", cfg.embedder.epochs))
+            total += _embed_train_s(r, seen_rows, epochs)
             total += _encode_s(r, tasks, ev.get("limit", cfg.evaluate.limit), 1)
+            if pe.get("baseline_finetune") and cfg.models.baseline_embedder:  # the second readout
+                total += _embed_train_s(r, seen_rows, epochs, decoder=False)
+                total += _encode_s(r, tasks, ev.get("limit", cfg.evaluate.limit), 1, decoder=False)
             total += r["stage_overhead_s"] * (3 if syn else 2)  # a notebook each for stages (06,) 07 and 08
     return total
 

@@ -82,6 +82,19 @@ class TeacherCfg(Strict):
     max_calls: PositiveInt | None = None  # budget guard: non-cached calls per run
     max_tokens: PositiveInt | None = None  # budget guard: prompt + completion tokens per run
     structured_output: bool = False  # constrain decoding with the per-type JSON schema
+    # the request's token cap: OpenAI's own endpoint takes max_completion_tokens (its newer models refuse
+    # max_tokens with HTTP 400); llama.cpp, vLLM and most compatible servers take max_tokens
+    token_param: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
+
+    @property
+    def cap_name(self) -> str:
+        """The request field that caps the completion's tokens (``token_param``, resolved)."""
+        if self.token_param != "auto":
+            return self.token_param
+        from urllib.parse import urlsplit
+
+        host = urlsplit(self.base_url or "").hostname or ""
+        return "max_completion_tokens" if self.backend == "openai" and host.endswith("openai.com") else "max_tokens"
 
     @model_validator(mode="after")
     def _check(self):
@@ -190,7 +203,9 @@ class RevisorCfg(TrainCfg):
 # dotted key -> the default at which it is left out of stage hashes (see Config.section_hash)
 HASHED_ONLY_WHEN_SET: dict[str, Any] = {"generation.structured_output": False,
                                         "evaluate.fallback_tasks": ["LeeDocSTS", "PangLeePolarityClassification"],
-                                        "senior.judge": "orders", "senior.judge_margin": 0.15}
+                                        "senior.judge": "orders", "senior.judge_margin": 0.15,
+                                        "embedder.seed": None, "embedder.max_steps": None,
+                                        "embedder.shuffle_positives": False}
 # dotted keys never hashed: where synthesis runs does not change what it makes (tests/test_scale.py), so a run
 # may move between one process and a Ray cluster (the runner writes the run's config anew each time)
 NEVER_HASHED = ("distributed.synthesis", "distributed.ray")
@@ -268,6 +283,10 @@ class EmbedderCfg(Strict):
     baseline_lr: PositiveFloat = 2e-5
     train_examples: PositiveInt | None = None  # train on a seeded subset of this size (scaling, equal-size ablations)
     train_on: tuple[Literal["synthetic", "seed"], ...] = ("synthetic",)  # "seed" adds the teacher's seed data
+    # issue 31: the training's own seed (row order, LoRA initialisation, the subset drawn); None: run.seed
+    seed: int | None = Field(None, ge=0)
+    max_steps: PositiveInt | None = None  # exactly this many optimizer steps, the rows cycled (a sweep's points alike)
+    shuffle_positives: bool = False  # the floor control: each row's positive taken from another row
 
     @model_validator(mode="after")
     def _mini(self):

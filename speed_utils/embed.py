@@ -191,7 +191,7 @@ def warmup_steps(ec: EmbedderCfg, n_rows: int, devices: int = 1) -> int:
     every step ramping up from a learning rate of 0, and the curve would measure the warm-up, not the
     data. The paper's long trainings are untouched.
     """
-    steps = math.ceil(n_rows / (per_device_batch(ec, devices) * devices)) * math.ceil(ec.epochs)
+    steps = ec.max_steps or math.ceil(n_rows / (per_device_batch(ec, devices) * devices)) * math.ceil(ec.epochs)
     return min(ec.warmup_steps, steps // 3)
 
 
@@ -214,7 +214,7 @@ def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, s
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out_dir.with_name(out_dir.name + ".trainer")),
         per_device_train_batch_size=per_device_batch(ec, devices()),
-        num_train_epochs=ec.epochs, learning_rate=lr or ec.lr, warmup_steps=warmup_steps(ec, len(rows), devices()),
+        num_train_epochs=ec.epochs, max_steps=ec.max_steps or -1, learning_rate=lr or ec.lr, warmup_steps=warmup_steps(ec, len(rows), devices()),
         weight_decay=ec.weight_decay, lr_scheduler_type="linear", seed=seed, data_seed=seed,
         batch_sampler=BatchSamplers.NO_DUPLICATES, multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL,
         **amp_flags(on_gpu), use_cpu=not on_gpu, gradient_checkpointing=ec.gradient_checkpointing,
@@ -273,12 +273,32 @@ def subset(rows: list[dict], n: int | None, seed: int) -> list[dict]:
     return [rows[i] for i in sorted(order[:n])]
 
 
+def shuffled_positives(rows: list[dict], seed: int) -> list[dict]:
+    """The floor control of issue 31: every row keeps its query and negative, and takes the positive of
+    another row (a seeded cycle through the rows), so what the embedder can learn from the pairs is gone."""
+    import random
+
+    if len(rows) < 2:
+        return rows
+    order = list(range(len(rows)))
+    random.Random(f"{seed}:shuffled-positives").shuffle(order)
+    moved = {order[i]: rows[order[(i + 1) % len(order)]]["positive"] for i in range(len(order))}
+    return [{**r, "positive": moved[i]} for i, r in enumerate(rows)]
+
+
+def training_seed(cfg: Config) -> int:
+    """The seed of stage 07's training: ``embedder.seed`` where set (a sweep's seeds), else ``run.seed``."""
+    return cfg.embedder.seed if cfg.embedder.seed is not None else cfg.run.seed
+
+
 def train_stage(cfg: Config, run: RunPaths) -> dict:
     """Stage 07: train the embedder (and fine-tune the baseline) on ``synthetic.jsonl`` (and the seed data
     when ``embedder.train_on`` says so)."""
 
-    ec, online = cfg.embedder, cfg.use_hub()
-    rows = subset(training_rows(run, ec.train_on), ec.train_examples, cfg.run.seed)
+    ec, online, seed = cfg.embedder, cfg.use_hub(), training_seed(cfg)
+    rows = subset(training_rows(run, ec.train_on), ec.train_examples, seed)
+    if ec.shuffle_positives:
+        rows = shuffled_positives(rows, seed)
     if not rows:
         raise ValueError(f"no training example in {', '.join(ec.train_on)} data ({run.data}); "
                          "stage 06 produced no valid example")
@@ -293,14 +313,14 @@ def train_stage(cfg: Config, run: RunPaths) -> dict:
         remove(run.file("baseline"))
         remove(record_path(run.file("baseline")))
     for folder, name, lr in jobs:
-        key = training_key(kind="embedder", model=name, rows=rows, settings=ec.model_dump(), lr=lr, seed=cfg.run.seed,
+        key = training_key(kind="embedder", model=name, rows=rows, settings=ec.model_dump(), lr=lr, seed=seed,
                            dtype=dtype_name())
         if (done := trained_before(run.models / folder, key)) is not None:
             out[folder] = {**done, "reused": True}
             continue
         print(f"training {name} on {len(rows)} examples -> models/{folder}", flush=True)
         st, lora, rebuild = load_for_training(name, ec.max_length, ec.qlora, online)
-        out[folder] = {**train(st, rows, run.models / folder, ec, name=name, seed=cfg.run.seed, lora=lora,
+        out[folder] = {**train(st, rows, run.models / folder, ec, name=name, seed=seed, lora=lora,
                                lr=lr, rebuild=rebuild).to_dict(), "lora": lora}
         record_training(run.models / folder, key, out[folder])
         del st

@@ -175,20 +175,22 @@ def untrained_candidate(cfg) -> Candidate | None:
 
 def candidates(cfg: Config, run: RunPaths) -> list[Candidate]:
     """The comparison of SPEED §4.2 in miniature: the embedder untrained and trained on our data,
-    and, when the profile names one, the off-the-shelf baseline as released and fine-tuned."""
+    and, when the profile names one, the off-the-shelf baseline as released and fine-tuned. With
+    ``evaluate.compare`` off, the trained ones alone (the embedder, and the baseline where it was fine-tuned)."""
 
     online = cfg.use_hub()
     emb, base = cfg.models.embedder, cfg.models.baseline_embedder
     trained = Candidate(trained_label(emb), f"speed-repro/{emb}-speed", str(run.file("embedder")), "encoder", True)
-    if not cfg.evaluate.compare:
-        return [trained]
+    trained_base = Candidate(trained_label(base), f"speed-repro/{base}-speed", str(run.file("baseline")), "encoder",
+                             True) if base and run.file("baseline").exists() else None
+    if not cfg.evaluate.compare:  # the models trained on this run's rows only (a sweep point's two readouts)
+        return [c for c in (trained, trained_base) if c is not None]
     out = [c for c in (untrained_candidate(cfg),) if c is not None] + [trained]
     if base:
         out.append(Candidate(released_label(base), assets.spec(base).hf_id, assets.st_folder(base, online=online),
                              "encoder", False))
-        if (run.file("baseline")).exists():
-            out.append(Candidate(trained_label(base), f"speed-repro/{base}-speed", str(run.file("baseline")),
-                                 "encoder", True))
+        if trained_base is not None:
+            out.append(trained_base)
     return out
 
 
@@ -259,7 +261,8 @@ def evaluate_stage(cfg: Config, run: RunPaths) -> dict:
     write_jsonl(run.file("scores"), rows)
     record = sts_pair_record(tasks, predictions)
     atomic_write_json(run.file("sts_pairs"), record)
-    intervals = sts_intervals(record, reference=models[0].label if len(models) > 1 else None, seed=cfg.run.seed)
+    reference = models[0].label if cfg.evaluate.compare and len(models) > 1 else None  # the untrained embedder
+    intervals = sts_intervals(record, reference=reference, seed=cfg.run.seed)
     write_jsonl(run.file("score_intervals"), intervals)
     return {"tasks": [t.metadata.name for t in tasks], "models": [c.label for c in models],
             "sources": {t.metadata.name: task_source(t) for t in tasks},

@@ -50,9 +50,10 @@ def _h10(m: dict) -> str:
 
 
 def _h11(m: dict) -> str:
-    claims = list(m.get("claims", {}).values())
+    claims = [v.split(":")[0].split(" at ")[0] for v in m.get("claims", {}).values()]  # "undecided at this scale"
+    blind = claims.count("readout blind")
     return f"claims: {claims.count('holds')} hold, {claims.count('fails')} fail, {claims.count('undecided')} undecided, " \
-           f"{claims.count('not measured')} not measured"
+           f"{claims.count('not measured')} not measured" + (f", {blind} on a readout blind to the data" if blind else "")
 
 
 HEADLINES: dict[int, Callable[[dict], str]] = {

@@ -166,9 +166,22 @@ def test_where_synthesis_runs_is_never_hashed():
     del dump["generation"]["structured_output"]  # hashed only when on (the test above)
     del dump["evaluate"]["fallback_tasks"]  # hashed only when not the default (issue 33)
     del dump["senior"]["judge"], dump["senior"]["judge_margin"]  # likewise (issue 31)
+    del dump["embedder"]["seed"], dump["embedder"]["max_steps"], dump["embedder"]["shuffle_positives"]
     assert paper.distributed.synthesis == "ray"
     assert paper.section_hash() == hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
     local = paper.model_copy(update={"distributed": paper.distributed.model_copy(
         update={"synthesis": "local", "ray": paper.distributed.ray.model_copy(update={"replicas": 3})})})
     assert local.section_hash() == paper.section_hash()
     assert local.section_hash("distributed") == paper.section_hash("distributed")
+
+
+def test_the_revisors_learning_rate_fits_the_revisions_it_sees():
+    """issue 33: gpu-24gb's 1,000 revisions at the paper's 5e-6 (set for 10,000) would barely move the revisor;
+    lr x steps, the total update, stays the paper's within 5%."""
+    import math
+
+    paper = load_profile("paper").revisor
+    total = paper.lr * math.ceil(paper.n_examples / paper.batch_size)
+    for name in ("gpu-24gb", "paper"):
+        r = load_profile(name).revisor
+        assert r.lr * math.ceil(r.n_examples / r.batch_size) == pytest.approx(total, rel=0.05), name

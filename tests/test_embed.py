@@ -120,6 +120,29 @@ def test_warm_up_never_takes_more_than_a_third_of_a_short_training():
     assert embed.warmup_steps(paper, 920_000, devices=8) == 100  # the paper's training keeps its warm-up
 
 
+def test_equal_steps_set_the_warm_up_whatever_the_rows():
+    equal = EmbedderCfg(batch_size=8, mini_batch_size=None, epochs=4, warmup_steps=2, max_steps=8)  # cpu sweeps
+    assert [embed.warmup_steps(equal, n) for n in (4, 16, 64)] == [2, 2, 2]
+
+
+def test_the_shuffled_control_gives_every_row_another_rows_positive():
+    rows = [{"query": f"q{i}", "positive": f"p{i}", "negative": f"n{i}"} for i in range(7)]
+    moved = embed.shuffled_positives(rows, seed=3)
+    assert sorted(r["positive"] for r in moved) == sorted(r["positive"] for r in rows)  # the same texts, moved
+    assert all(m["positive"] != r["positive"] and (m["query"], m["negative"]) == (r["query"], r["negative"])
+               for m, r in zip(moved, rows))
+    assert moved == embed.shuffled_positives(rows, seed=3) != embed.shuffled_positives(rows, seed=4)
+    assert embed.shuffled_positives(rows[:1], seed=0) == rows[:1]
+
+
+def test_a_sweeps_seed_is_the_trainings_seed():
+    from speed_utils.config import load_profile
+
+    cfg = load_profile("smoke")
+    assert embed.training_seed(cfg) == cfg.run.seed
+    assert embed.training_seed(cfg.model_copy(update={"embedder": cfg.embedder.model_copy(update={"seed": 4})})) == 4
+
+
 def test_the_same_rows_and_seed_train_the_same_embedder(tiny_lm, tmp_path):
     """The LoRA weights are drawn before the trainer seeds itself: without a seed of their own, two runs of
     stage 07 on the same data gave different embedders (seen on the smoke run, 2026-12-02)."""

@@ -80,11 +80,12 @@ def test_a_list_with_an_unparsed_order_keeps_no_pair():
     assert align.judge_orders(3, 2) == [("", [0, 1, 2]), ("r-", [2, 1, 0])]
 
 
-@pytest.mark.parametrize("profile,orders", [("cpu", 2), ("paper", 1)])
-def test_profiles_choose_their_judge(profile, orders):
+@pytest.mark.parametrize("profile,judge,per_list", [("cpu", "calibrated", 3), ("smoke", "orders", 1), ("paper", "orders", 1)])
+def test_profiles_choose_their_judge(profile, judge, per_list):
     from speed_utils.config import load_profile
 
-    assert load_profile(profile).senior.judge_orders == orders
+    senior = load_profile(profile).senior
+    assert (senior.judge, senior.judgements_per_list) == (judge, per_list)
 
 
 def test_no_surviving_pair_leaves_the_senior_as_the_junior(smoke_cfg, run_paths):

@@ -171,7 +171,10 @@ def test_smoke_run_synthesizes_trains_evaluates_and_reports(smoke_run):
 def test_smoke_sweep_adopts_shared_stages(smoke_run):
     runs, run, proc = smoke_run
     sweep = json.loads((run / "data/sweeps.json").read_text())["sweeps"]["scaling"]
-    assert list(sweep["points"]) == ["train_examples=3", "train_examples=6"]
+    # issue 31: each point with two seeds, the shuffled-positives control beside the sizes
+    assert sweep["order"] == ["shuffled@0", "shuffled@1", "train_examples=3@0", "train_examples=3@1",
+                              "train_examples=6@0", "train_examples=6@1"]
+    available = len(list(read_jsonl(run / "data/synthetic.jsonl")))
     for name, point in sweep["points"].items():
         point_run = Path(point["run"])
         assert point["adopted"] == [0, 1, 2, 3, 4, 5, 6], name  # nothing retrained, no teacher call repeated
@@ -180,29 +183,41 @@ def test_smoke_sweep_adopts_shared_stages(smoke_run):
         for n in (7, 8):
             assert "adopted_from" not in json.loads((point_run / f"stages/{n:02d}.done.json").read_text())
         assert not fresh_calls(point_run)
-        trained = json.loads((point_run / "stages/07.done.json").read_text())["metrics"]["embedder"]["examples"]
-        available = len(list(read_jsonl(run / "data/synthetic.jsonl")))
-        assert trained == min(int(name.split("=")[1]), available)  # smoke trains on the synthetic data alone
+        trained = json.loads((point_run / "stages/07.done.json").read_text())["metrics"]
+        size = 6 if name.startswith("shuffled") else int(name.split("=")[1].split("@")[0])
+        assert trained["embedder"]["examples"] == min(size, available)  # smoke trains on the synthetic data alone
+        assert trained["embedder"]["steps"] == trained["baseline"]["steps"] == 2  # every point: the same steps
+    rows = {r["point"]: r for r in json.loads((run / "data/sweeps.json").read_text())["tables"]["scaling"]}
+    assert rows["train_examples=6@0"]["tasks"] != rows["train_examples=6@1"]["tasks"]  # the seed changes the training
+    assert len(rows["shuffled@0"]["readouts"]) == 2  # the decoder and MiniLM, both trained on the point's rows
     ci = json.loads((run / "data/sweeps.json").read_text())["intervals"]["scaling"]
-    assert set(ci["points"]) == {"train_examples=3", "train_examples=6"} and ci["skipped"] == []
-    assert set(ci["minus_first"]) == {"train_examples=6 - train_examples=3"}
-    assert set(ci["minus_untrained"]) == {"train_examples=3 - untrained", "train_examples=6 - untrained"}
+    assert set(ci["points"]) == {"shuffled", "train_examples=3", "train_examples=6"} and ci["skipped"] == []
+    assert all(p["seeds"] == 2 for p in ci["points"].values())
+    assert set(ci["minus_first"]) == {"train_examples=6 - train_examples=3", "shuffled - train_examples=3"}
+    assert set(ci["minus_shuffled"]) == {"train_examples=3 - shuffled", "train_examples=6 - shuffled"}
+    assert set(ci["minus_untrained"]) == {f"{b} - untrained" for b in ci["points"]}
     assert ci["untrained"]["lo"] <= ci["untrained"]["value"] <= ci["untrained"]["hi"]
     slope = ci["slope_per_decade"]
-    assert slope["lo"] <= slope["value"] <= slope["hi"]
-    claims = {c["claim"] + " | " + c["measured as"][:8]: c for c in json.loads((run / "data/claims.json").read_text())}
-    assert {c["holds here"] for c in claims.values()} <= {"holds", "fails", "undecided", "not measured"}
-    trains = claims["Synthetic data trains the embedder | stage 08"]
-    assert trains["ci95"] and trains["holds here"] != "not measured"
-    assert claims["Log-linear scaling with data | stage 11"]["ci95"] == [slope["lo"], slope["hi"]]
+    assert slope["lo"] <= slope["value"] <= slope["hi"] and slope["seeds"] == 2
+    assert set(ci["readouts"]) == {"smollm2-135m-instruct + our data", "all-minilm-l6-v2 + our data"}
+    claims = {(c["claim"], c["readout"], c["measured as"][:8]): c for c in json.loads((run / "data/claims.json").read_text())}
+    verdicts = {c["holds here"].split(":")[0] for c in claims.values()}
+    assert verdicts <= {"holds", "fails", "undecided at this scale", "undecided", "not measured", "readout blind"}
+    trains = claims[("Synthetic data trains the embedder", "smollm2-135m-instruct + our data", "stage 08")]
+    assert trains["ci95"] and trains["holds here"].startswith("undecided: one training")  # never a verdict on one
+    for label in ci["readouts"]:
+        got = claims[("Log-linear scaling with data", label, "stage 11")]
+        want = ci["readouts"][label]["slope_per_decade"]
+        assert got["ci95"] == [want["lo"], want["hi"]] and got["seeds"] == 2
 
 
 def test_a_point_another_sweep_already_ran_is_adopted_whole(smoke_run, tmp_path):
     """Stage 11 hands the ablation's points to the scaling sweep as donors: an identical point trains nothing."""
     runs, run, _ = smoke_run
-    done = Path(json.loads((run / "data/sweeps.json").read_text())["sweeps"]["scaling"]["points"]["train_examples=6"]["run"])
+    done = Path(json.loads((run / "data/sweeps.json").read_text())["sweeps"]["scaling"]["points"]["train_examples=6@1"]["run"])
     spec = yaml.safe_load((REPO_ROOT / "params/sweeps/smoke-scaling.yaml").read_text())
-    spec = {**spec, "name": "again", "grid": None, "points": {"six": {"embedder": {"train_examples": 6}}}}
+    spec = {**spec, "name": "again", "grid": None, "seeds": None,
+            "points": {"six": {"embedder": {"train_examples": 6, "seed": 1}}}}
     (tmp_path / "again.yaml").write_text(yaml.safe_dump(spec))
     proc = cli("sweep", str(tmp_path / "again.yaml"), "--runs-dir", str(tmp_path), "--donor", str(run), "--donor", str(done))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -221,7 +236,8 @@ def test_a_study_run_adopts_the_finished_run_and_runs_only_its_own_sweeps(smoke_
     point repeats one of the finished run's own scaling points, so it adopts that point's embedder and scores."""
     runs, run, _ = smoke_run
     spec = yaml.safe_load((REPO_ROOT / "params/sweeps/smoke-scaling.yaml").read_text())
-    (tmp_path / "one.yaml").write_text(yaml.safe_dump({**spec, "name": "one", "grid": {"embedder.train_examples": [6]}}))
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump({**spec, "name": "one", "grid": {"embedder.train_examples": [6]},
+                                                       "points": None, "seeds": [0]}))
     (tmp_path / "smoke-study.yaml").write_text(yaml.safe_dump(
         {"extends": "smoke", "sweeps": {"ablation": None, "scaling": str(tmp_path / "one.yaml")}}))
     proc = cli("run", "--profile", str(tmp_path / "smoke-study.yaml"), "--runs-dir", str(tmp_path / "runs"),
@@ -233,10 +249,10 @@ def test_a_study_run_adopts_the_finished_run_and_runs_only_its_own_sweeps(smoke_
     assert "adopted_from" not in json.loads((study / "stages/11.done.json").read_text())
     assert list(read_jsonl(study / "ledger.jsonl")) == list(read_jsonl(run / "ledger.jsonl"))  # no call made or lost
     point = json.loads((study / "data/sweeps.json").read_text())["sweeps"]["scaling"]["points"]
-    assert list(point) == ["train_examples=6"] and point["train_examples=6"]["adopted"] == list(range(9))
-    donor_point = run / "sweeps/smoke-scaling/train_examples=6"
+    assert list(point) == ["train_examples=6@0"] and point["train_examples=6@0"]["adopted"] == list(range(9))
+    donor_point = run / "sweeps/smoke-scaling/train_examples=6@0"
     for n in (7, 8):  # nothing trained or scored again: the finished run's own point gives them
-        mark = json.loads((Path(point["train_examples=6"]["run"]) / f"stages/{n:02d}.done.json").read_text())
+        mark = json.loads((Path(point["train_examples=6@0"]["run"]) / f"stages/{n:02d}.done.json").read_text())
         assert mark["adopted_from"] == str(donor_point), n
     bad = cli("run", "--profile", "smoke", "--runs-dir", str(tmp_path / "none"), "--donor", str(tmp_path / "nowhere"))
     assert bad.returncode == 1 and "nowhere: not a run folder" in bad.stderr and not (tmp_path / "none").exists()

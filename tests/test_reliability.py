@@ -7,7 +7,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from speed_utils import cli, registry, runner, sweeps
+from speed_utils import cli, registry, runner, sweep_spec, sweeps
 from speed_utils.paths import REPO_ROOT
 from tally import TALLIES
 from speed_utils.config import ConfigError, load_profile
@@ -194,40 +194,54 @@ def test_stage_11_hands_the_ablation_points_to_the_scaling_sweep_as_donors(monke
         calls.append((spec, list(donors)))
         return {"points": {p: {"run": str(runs_dir / Path(spec).stem / p)} for p in ("a", "b")}}
 
-    monkeypatch.setattr(runner, "sweep", fake_sweep)
-    cfg = load_profile("cpu")
+    monkeypatch.setattr(sweeps, "sweep", fake_sweep)
+    cfg = load_profile("study")  # both sweeps (the cpu profile runs the ablation alone)
     run = RunPaths(tmp_path / "run")
-    runner.run_sweeps(cfg, run, log=lambda *_: None)
-    ablation_points = [run.root / "sweeps" / "cpu-ablation" / p for p in ("a", "b")]
-    assert [Path(s).stem for s, _ in calls] == ["cpu-ablation", "cpu-scaling"]
+    sweeps.run_sweeps(cfg, run, log=lambda *_: None)
+    ablation_points = [run.root / "sweeps" / "study-ablation" / p for p in ("a", "b")]
+    assert [Path(s).stem for s, _ in calls] == ["study-ablation", "study-scaling"]
     assert calls[0][1] == [run.root] and calls[1][1] == [run.root, *ablation_points]
 
     # a study: its stages adopted from a finished run, whose own sweep points donate too (after its own)
     done = RunPaths(tmp_path / "done")
-    for point in ("cpu-scaling/x", "cpu-ablation/y", "cpu-ablation/profiles"):  # profiles/: not a run folder
+    for point in ("study-scaling/x", "study-ablation/y", "study-ablation/profiles"):  # profiles/: not a run folder
         (done.root / "sweeps" / point).mkdir(parents=True)
-    for point in ("cpu-scaling/x", "cpu-ablation/y"):
+    for point in ("study-scaling/x", "study-ablation/y"):
         (done.root / "sweeps" / point / "config.yaml").write_text("{}")
     study = RunPaths(tmp_path / "study").make()
     for n in (0, 5):
         study.marker(n).write_text(json.dumps({"adopted_from": str(done.root)}))
     study.marker(6).write_text(json.dumps({"config_hash": "made here"}))
     calls.clear()
-    runner.run_sweeps(cfg, study, log=lambda *_: None)
-    donated = [done.root / "sweeps/cpu-ablation/y", done.root / "sweeps/cpu-scaling/x"]
+    sweeps.run_sweeps(cfg, study, log=lambda *_: None)
+    donated = [done.root / "sweeps/study-ablation/y", done.root / "sweeps/study-scaling/x"]
     assert calls[0][1] == [study.root, *donated]
-    assert calls[1][1] == [study.root, *[study.root / "sweeps/cpu-ablation" / p for p in ("a", "b")], *donated]
+    assert calls[1][1] == [study.root, *[study.root / "sweeps/study-ablation" / p for p in ("a", "b")], *donated]
 
 
 @pytest.mark.parametrize("spec", sorted((REPO_ROOT / "params" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_sweep_has_exactly_its_points(spec):
     """Named points, or one per grid combination: never an extra unnamed point (product() of no grid)."""
     raw = yaml.safe_load(spec.read_text())
-    points = sweeps.load_sweep(spec)["points"]
-    want = len(raw.get("points") or {})
+    loaded = sweep_spec.load_sweep(spec)
+    grid = 1 if raw.get("grid") else 0
     for values in (raw.get("grid") or {}).values():
-        want = (want or 1) * len(values)
-    assert len(points) == want and all(points.keys()), list(points)
+        grid *= len(values)
+    want = (len(raw.get("points") or {}) + grid) * len(raw.get("seeds") or [None])
+    assert len(loaded["points"]) == want and all(loaded["points"].keys()), list(loaded["points"])
+    assert set(loaded["bases"]) == set(loaded["points"])
+    for name, (base, seed) in loaded["bases"].items():  # each seed's point trains with that seed
+        assert (loaded["points"][name].get("embedder") or {}).get("seed") == seed, name
+
+
+def test_a_sweeps_seeds_are_checked(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nprofile: smoke\nseeds: [1, 1]\npoints: {a: {}}\n")
+    with pytest.raises(ConfigError, match="seeds: a list of distinct"):
+        sweep_spec.load_sweep(spec)
+    spec.write_text("name: s\nprofile: smoke\nseeds: [3, 4]\npoints: {a: {embedder: {lr: 0.1}}}\n")
+    got = sweep_spec.load_sweep(spec)
+    assert got["points"] == {"a@3": {"embedder": {"lr": 0.1, "seed": 3}}, "a@4": {"embedder": {"lr": 0.1, "seed": 4}}}
 
 
 def test_evaluation_revision_follows_the_weights(tmp_path):

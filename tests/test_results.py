@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from speed_utils import results
+from speed_utils import results, sweep_results
 
 GOLDEN = Path(__file__).parent / "data" / "mteb_golden"
 EXPECTED = {"Class.": 78.0, "Clust.": 48.0, "PairCl.": 86.0, "Rerank": 60.0, "Retr.": 48.0, "STS": 83.0, "Summ.": 31.0,
@@ -69,32 +69,38 @@ def test_sweep_sizes_that_break_the_comparison_are_named():
         return {"point": point, "asked": asked, "train_examples": trained, "synthetic_kept": kept}
 
     equal = [row("senior", 150, 150), row("junior", 150, 150)]
-    assert results.size_warnings("ablation", equal) == []
+    assert sweep_results.size_warnings("ablation", equal) == []
     short = [row("senior", 150, 150), row("junior", 150, 120, kept=120)]
-    notes = results.size_warnings("ablation", short)
+    notes = sweep_results.size_warnings("ablation", short)
     assert notes[0].startswith("ablation point 'junior' trained on 120 examples, not the 150 asked")
     assert "all its training data held (120 synthetic rows kept)" in notes[0]
     assert "differ in size (senior: 150, junior: 120)" in notes[1] and len(notes) == 2
     collapsed = [row("n=100", 100, 100), row("n=200", 200, 180, kept=180), row("n=400", 400, 180, kept=180)]
-    notes = results.size_warnings("scaling", collapsed)
+    notes = sweep_results.size_warnings("scaling", collapsed)
     assert notes[-1] == "scaling points n=200, n=400 all trained on 180 examples" and len(notes) == 3
 
 
 def test_a_claim_holds_only_where_its_whole_interval_is_on_its_side():
-    from speed_utils.results import verdict
+    from speed_utils.claims import verdict
 
     assert verdict(0.1, 2.0) == "holds" and verdict(-2.0, -0.1) == "fails" and verdict(-1.0, 1.0) == "undecided"
     assert verdict(0.52, 0.9, null=0.5) == "holds" and verdict(0.3, 0.9, null=0.5) == "undecided"
     assert verdict(None, None) == "not measured"
 
 
-def test_sweep_points_keep_their_spec_order_though_the_summary_sorts_its_keys():
+def test_sweep_points_keep_their_spec_order_though_the_summary_sorts_its_keys(tmp_path):
     """The first point is the one the others are compared with (the ablation's senior+revisor): sweep.json
     sorts its keys, so the order comes from the summary's ``order`` or, in an older summary, from the spec."""
     from speed_utils.paths import REPO_ROOT
-    from speed_utils.results import point_order
+    from speed_utils.sweep_results import point_order
 
-    spec = REPO_ROOT / "params/sweeps/cpu-ablation.yaml"
+    import yaml
+
+    spec = tmp_path / "ablation.yaml"  # the study's ablation as it was before its points had seeds
+    raw = yaml.safe_load((REPO_ROOT / "params/sweeps/study-ablation.yaml").read_text())
+    raw.pop("seeds")
+    raw["points"] = {k: v for k, v in raw["points"].items() if k not in ("shuffled", "teacher")}
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
     points = {p: {} for p in sorted(["senior+revisor", "senior", "junior+revisor", "junior"])}  # as read back
     want = ["senior+revisor", "senior", "junior+revisor", "junior"]
     assert point_order({"spec": str(spec), "order": want, "points": points}) == want
