@@ -174,8 +174,11 @@ def _seed_replicates(runs: Sequence[Pairs], n_boot: int, seed: int) -> tuple[np.
 
 
 def _over_seeds(points: np.ndarray, boots: np.ndarray, n_boot: int, seed: int, level: float) -> SeededInterval:
-    """Resample the trainings within each pair replicate, rescaled so that the seed level's variance is
-    unbiased for few seeds (Rao & Wu 1988: the plain bootstrap of a mean of S values has (S-1)/S of it)."""
+    """Resample the trainings within each pair replicate. The seed level's deviations are rescaled twice:
+    by sqrt(S/(S-1)), so that their variance is unbiased (Rao & Wu 1988: the plain bootstrap of a mean of S
+    values has (S-1)/S of it), and by t(S-1)/z at the interval's level, so that a spread estimated from S
+    trainings widens as Student's t says it must (with 2 seeds, 6.5 times the normal interval; with 5,
+    1.4 times). The test pairs, hundreds of them, keep the plain bootstrap."""
     S = points.shape[0]
     if S == 1:
         b = boots[:, 0]
@@ -184,7 +187,10 @@ def _over_seeds(points: np.ndarray, boots: np.ndarray, n_boot: int, seed: int, l
     pick = np.random.default_rng([seed, 31]).integers(0, S, size=(n_boot, S))
     all_mean = boots.mean(axis=1)
     drawn = np.take_along_axis(boots, pick, axis=1).mean(axis=1)
-    reps = all_mean + np.sqrt(S / (S - 1)) * (drawn - all_mean)
+    from scipy.stats import norm, t
+
+    q = (1 + level) / 2
+    reps = all_mean + np.sqrt(S / (S - 1)) * t.ppf(q, S - 1) / norm.ppf(q) * (drawn - all_mean)
     a = (1 - level) / 2
     lo, hi = np.quantile(reps, [a, 1 - a])
     return SeededInterval(float(points.mean()), float(lo), float(hi), seeds=S, se=float(reps.std(ddof=1)))
