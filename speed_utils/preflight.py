@@ -128,6 +128,8 @@ def check_qlora(cfg: Config, prof: Path | None = None) -> list[Check]:
         "bitsandbytes" if not importlib.util.find_spec("bitsandbytes") else None)
     if missing is None:
         return [Check("qlora", "ok", f"{', '.join(wants)}: CUDA and bitsandbytes are present")]
+    if missing == "CUDA" and (why := cuda_unusable()):  # a GPU torch cannot use: the way out is not qlora: false
+        return [Check("qlora", "fail", why)]
     return [Check("qlora", "fail", f"this machine cannot run QLoRA (no {missing}); on the CPU, 4-bit training gives "
                                    "silently wrong gradients. To train plain LoRA here, set to false: " + "; ".join(
                                        f"{_where(prof, k, 'qlora')}: {k}.qlora" for k in wants))]
@@ -136,6 +138,47 @@ def check_qlora(cfg: Config, prof: Path | None = None) -> list[Check]:
 def _gpu_driver() -> bool:
     """Whether this machine has a GPU driver torch could use: NVIDIA's (WSL2's /dev/dxg included) or ROCm's."""
     return any(Path(p).exists() for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd"))
+
+
+def driver_cuda() -> tuple[int, int] | None:
+    """The newest CUDA version the NVIDIA driver supports, from ``nvidia-smi``'s header; None without one."""
+    import re
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"CUDA Version:\s*(\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def cuda_unusable() -> str | None:
+    """Why a machine with an NVIDIA driver gets no CUDA from this torch, and what to install; None where
+    there is no NVIDIA driver, or nothing to say. torch 2.13's default wheels are CUDA 13 builds, which need
+    driver 580 or newer (issue 33: an older driver made the pre-flight say "no CUDA ... set qlora false")."""
+    import torch
+
+    if not _gpu_driver() or torch.cuda.is_available():
+        return None
+    built = torch.version.cuda
+    have = driver_cuda()
+    if built is None:
+        return (f"this machine has a GPU driver, but torch {torch.__version__} is a CPU build: install a CUDA build "
+                "(`pip install torch==" + torch.__version__.split("+")[0] + " --index-url "
+                "https://download.pytorch.org/whl/cu126` for a driver with CUDA 12.6 or newer; see README, One GPU)")
+    need = tuple(int(x) for x in built.split(".")[:2])
+    if have is not None and have < need:
+        tag = f"cu{have[0]}{have[1]}"
+        return (f"torch {torch.__version__} is built for CUDA {built}, but the NVIDIA driver supports CUDA "
+                f"{have[0]}.{have[1]} at most (nvidia-smi): update the driver (CUDA 13 needs 580 or newer), or install "
+                f"a torch build for your CUDA where PyTorch publishes one: `pip install torch=={torch.__version__.split('+')[0]} "
+                f"--index-url https://download.pytorch.org/whl/{tag}` (README, One GPU)")
+    return None
 
 
 def check_gpu(cfg: Config) -> list[Check]:
@@ -149,7 +192,8 @@ def check_gpu(cfg: Config) -> list[Check]:
     import torch
 
     if not torch.cuda.is_available():
-        return no_cuda
+        why = cuda_unusable()
+        return [Check("gpu", "fail", why)] if why else no_cuda
     free, total = torch.cuda.mem_get_info()
     name, gib = torch.cuda.get_device_name(), total / plan.GIB
     over = [f"{p.stage} needs {p.total_gib:.1f} GiB of the {gib * p.usable:.1f} it may use" for p in stages

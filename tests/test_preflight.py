@@ -171,3 +171,47 @@ def test_openais_own_endpoint_gets_max_completion_tokens(make_teacher):
         t = make_teacher(fake.base_url, cap_name="max_completion_tokens")
         assert t.complete(Request.chat("hi", max_tokens=7)).ok
         assert fake.requests[-1]["max_completion_tokens"] == 7 and "max_tokens" not in fake.requests[-1]
+
+
+def fake_nvidia_smi(tmp_path, monkeypatch, cuda: str) -> None:
+    """An nvidia-smi on PATH that prints its header with the driver's CUDA version, and a driver present."""
+    from speed_utils import preflight
+
+    exe = tmp_path / "bin" / "nvidia-smi"
+    exe.parent.mkdir()
+    exe.write_text(f"#!/bin/sh\necho '| NVIDIA-SMI 550.54.15   Driver Version: 550.54.15   CUDA Version: {cuda} |'\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{exe.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(preflight, "_gpu_driver", lambda: True)
+
+
+def test_a_driver_older_than_torchs_cuda_is_named_with_the_way_out(tmp_path, monkeypatch):
+    """issue 33: torch 2.13's wheels are CUDA 13 builds; on a driver for CUDA 12.4 the pre-flight said "no CUDA,
+    set qlora false". It now says what to update or install (CUDA is hidden from the suite: as on that machine)."""
+    import torch
+
+    from speed_utils import preflight
+    from speed_utils.config import load_profile
+
+    fake_nvidia_smi(tmp_path, monkeypatch, "12.4")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    why = preflight.cuda_unusable()
+    assert "built for CUDA 13.0" in why and "supports CUDA 12.4" in why and "580" in why and "whl/cu124" in why
+    qlora, = preflight.check_qlora(load_profile("gpu-smoke"))
+    assert qlora.status == "fail" and qlora.detail == why and "qlora: false" not in qlora.detail
+    gpu, = preflight.check_gpu(load_profile("gpu-24gb"))
+    assert gpu.status == "fail" and gpu.detail == why
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert "CPU build" in preflight.cuda_unusable()
+
+
+def test_a_recent_driver_gives_no_driver_message(tmp_path, monkeypatch):
+    import torch
+
+    from speed_utils import preflight
+
+    fake_nvidia_smi(tmp_path, monkeypatch, "13.1")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert preflight.driver_cuda() == (13, 1) and preflight.cuda_unusable() is None
+    monkeypatch.setattr(preflight, "_gpu_driver", lambda: False)
+    assert preflight.cuda_unusable() is None  # no NVIDIA driver: nothing to say (the CPU's usual case)
