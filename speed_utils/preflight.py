@@ -9,6 +9,7 @@ or ``skip`` with a reason a user can act on:
 * **teacher**: the teacher's endpoint answers one tiny request (``GET /models``, no tokens billed)
   and takes the key in ``teacher.api_key_env``.
 * **tasks**: stage 08 has tasks to evaluate; which source each has (MTEB, local copies, proxies).
+* **generation**: generators that run on vLLM (``generation.backend``, or auto on CUDA) have its environment.
 * **ray**: a profile that runs stage 06 on Ray has Ray installed (the ``.[scale]`` extra).
 * **qlora** and **gpu**: QLoRA only where CUDA and bitsandbytes are present (on the CPU, 4-bit
   training gives silently wrong gradients, toolchain.md §c), and every stage of ``speed-repro plan``
@@ -218,10 +219,31 @@ def check_ray(cfg: Config, prof: Path | None = None) -> list[Check]:
     return [Check("ray", "ok", f"stage 06 runs as a Ray Data pipeline on {where}")]
 
 
+def check_generation(cfg: Config, prof: Path | None = None) -> list[Check]:
+    """A profile whose generators run on vLLM (``generation.backend`` vllm, or auto on a CUDA machine) has
+    vLLM's environment (``make vllm-env``): without it, auto fell back to transformers with no word."""
+    from . import vllm_worker
+
+    backend = cfg.generation.backend
+    if backend not in ("vllm", "auto") or vllm_worker.available():
+        return []
+    if backend == "auto":
+        if not _gpu_driver():
+            return []
+        import torch
+
+        if not torch.cuda.is_available():
+            return []
+    return [Check("generation", "fail", f"the generators would run on vLLM (generation.backend: {backend}"
+                  + (" on this CUDA machine" if backend == "auto" else "") + "), but vLLM is neither installed here nor in "
+                  ".venv-vllm: `make vllm-env` (or `make gpu-setup`), or set generation.backend: transformers in "
+                  f"{_where(prof, 'generation', 'backend')} to sample without it (several times slower)")]
+
+
 def check(cfg: Config, prof: Path | None = None, network: bool = True) -> list[Check]:
     """Every pre-flight check of a profile (``prof``: its file, to name the file that sets a key);
     ``network=False`` leaves out the Hub and the endpoint."""
-    checks = check_qlora(cfg, prof) + check_gpu(cfg) + check_ray(cfg, prof) + check_tasks(cfg)
+    checks = check_qlora(cfg, prof) + check_gpu(cfg) + check_generation(cfg, prof) + check_ray(cfg, prof) + check_tasks(cfg)
     if network:
         checks = check_hub(cfg) + check_teacher(cfg, prof) + checks
     return checks
@@ -243,5 +265,5 @@ def require(checks: list[Check]) -> None:
         raise ConfigError("pre-flight failed, before any teacher call:\n  " + "\n  ".join(c.line() for c in failed))
 
 
-__all__ = ["Check", "check", "check_tasks", "require", "check_hub", "check_teacher", "check_qlora", "check_gpu", "check_ray",
+__all__ = ["Check", "check", "check_tasks", "check_generation", "cuda_unusable", "require", "check_hub", "check_teacher", "check_qlora", "check_gpu", "check_ray",
            "hub_models"]

@@ -215,3 +215,23 @@ def test_a_recent_driver_gives_no_driver_message(tmp_path, monkeypatch):
     assert preflight.driver_cuda() == (13, 1) and preflight.cuda_unusable() is None
     monkeypatch.setattr(preflight, "_gpu_driver", lambda: False)
     assert preflight.cuda_unusable() is None  # no NVIDIA driver: nothing to say (the CPU's usual case)
+
+
+def test_a_profile_that_needs_vllm_without_its_environment_is_refused(tmp_path, monkeypatch):
+    """issue 33: on a CUDA machine without .venv-vllm, `auto` fell back to transformers with no word."""
+    import torch
+
+    from speed_utils import preflight, vllm_worker
+    from speed_utils.config import load_profile
+
+    monkeypatch.setattr(vllm_worker, "available", lambda: False)
+    assert preflight.check_generation(load_profile("gpu-24gb")) == []  # here: no CUDA, so auto is not vLLM
+    monkeypatch.setattr(preflight, "_gpu_driver", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    check, = preflight.check_generation(load_profile("gpu-24gb"))
+    assert check.status == "fail" and "make vllm-env" in check.detail and "generation.backend: transformers" in check.detail
+    prof = tmp_path / "t.yaml"
+    prof.write_text("extends: gpu-24gb\ngeneration: {backend: transformers}\n")
+    assert preflight.check_generation(load_profile(prof)) == []  # chosen knowingly
+    monkeypatch.setattr(vllm_worker, "available", lambda: True)
+    assert preflight.check_generation(load_profile("gpu-24gb")) == []
