@@ -26,3 +26,12 @@ def test_the_run_folder_is_on_drive_and_the_gpu_environment_is_the_pinned_one():
     assert 'RUNS = "/content/drive/MyDrive/' in text and "--runs-dir {RUNS}" in text  # survives a disconnect
     for req in ("requirements.txt", "requirements-gpu.txt", "requirements-vllm.txt"):
         assert req in text and (NB.parent.parent / req).is_file()
+
+
+def test_colabs_torchvision_and_torchaudio_go_before_transformers_imports_them():
+    """issue 33: Colab's torchvision and torchaudio are built for its own torch; beside torch 2.13 their
+    operators fail to load when transformers imports them."""
+    cells = code()
+    install = next(i for i, c in enumerate(cells) if "pip install -q -r requirements.txt" in c)
+    assert "pip uninstall -q -y torchvision torchaudio" in cells[install]
+    assert cells[install].index("requirements.txt") < cells[install].index("uninstall")

@@ -155,3 +155,17 @@ def test_the_same_rows_and_seed_train_the_same_embedder(tiny_lm, tmp_path):
         embed.train(st, ROWS, tmp_path / f"emb{k}", ec, name="tiny", seed=7)
         encoded.append(st.encode(texts))
     assert np.array_equal(encoded[0], encoded[1])
+
+
+def test_stage_07_refuses_to_train_where_the_disk_cannot_hold_its_models(tmp_path, monkeypatch):
+    """issue 33: Colab's Drive; a merged 7B embedder in bf16 is about 14.5 GB, and a save that fails after
+    hours of training loses them."""
+    import shutil
+    from collections import namedtuple
+
+    assert embed.save_bytes("mistral-7b-v0.1", on_gpu=True) == pytest.approx(7.24e9 * 2 * 1.1, rel=0.05)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(100e9, 90e9, 10e9))
+    with pytest.raises(embed.DiskFull, match=r"10.0 GB free, but stage 07 saves about 1[5-7].\d GB"):
+        embed.check_free_space(tmp_path / "models", ["mistral-7b-v0.1"], on_gpu=True)
+    embed.check_free_space(tmp_path / "models", ["smollm2-135m-instruct", "all-minilm-l6-v2"], on_gpu=False)
