@@ -96,14 +96,16 @@ def calibrated_root(cfg: Config, run: RunPaths, teacher: Teacher, root: list[dic
                                 "04 teacher judges (rotations)", parse=lambda p, r: parse_judgement(r.content, k),
                                 schema=lambda p: fmt, top_logprobs=TOP_LOGPROBS)
     judged: dict[str, list[tuple[list[int], list[float]]]] = {}
+    reasons: dict[str, dict[int, str]] = {}  # list -> output -> the reason of a judgement that named it best
     no_probs = 0
-    for p, reply, _ in kept:
+    for p, reply, parsed in kept:
         rid, perm = shown[p.id]
         dist = best_distribution(reply, k)
         if dist is None:
             no_probs += 1
             continue
         judged.setdefault(rid, []).append((perm, dist))
+        reasons.setdefault(rid, {}).setdefault(perm[parsed.value["best"]], str(parsed.value.get("reason", "")))
     prefs, margins, firsts, same = [], [], [], 0
     complete = {rid: js for rid, js in judged.items() if len(js) == k}
     for row in root:
@@ -121,7 +123,7 @@ def calibrated_root(cfg: Config, run: RunPaths, teacher: Teacher, root: list[dic
             prefs.append({"id": row["id"], "task_type": row["task_type"], "prompt": row["prompt"],
                           "chosen": row["outputs"][best], "rejected": row["outputs"][worst], "best": best,
                           "worst": worst, "margin": round(gap, 4), "preference": [round(x, 4) for x in pref],
-                          "judge": "calibrated", "rotations": k})
+                          "reason": reasons.get(row["id"], {}).get(best, ""), "judge": "calibrated", "rotations": k})
     write_jsonl(run.file("prefs"), prefs)
     write_jsonl(run.file("prefs_rejects"), rejects)
     n = len(complete)

@@ -143,6 +143,7 @@ def test_the_calibrated_judge_yields_the_candidate_preferred_wherever_it_stands(
         return scored(at, (at + 1) % 3, [0.7 if i == at else 0.15 for i in range(3)])
     out, prefs = judge_calibrated(smoke_cfg, run_paths, make_teacher, charlie)
     assert [(p["chosen"], p["rejected"]) for p in prefs] == [("charlie", "alpha")] * 4  # a tie for worst: the first
+    assert all(p["reason"] == "scripted" for p in prefs)  # a reason of a judgement that named the chosen best
     assert all(p["margin"] == pytest.approx(0.55) for p in prefs) and out["pairs_share"] == 1.0
     assert out["self_agreement"] == 1.0 and out["first_shown_mass"] == pytest.approx((0.7 + 0.15 + 0.15) / 3, abs=1e-3)
 
@@ -165,3 +166,14 @@ def test_rotations_show_each_candidate_once_at_each_position():
     assert rots == [[0, 1, 2], [1, 2, 0], [2, 0, 1]]
     assert all(sorted(r[pos] for r in rots) == [0, 1, 2] for pos in range(3))
     assert calibrated.pick([1 / 3] * 3, 0.0) is None  # no preference, even at margin 0
+
+
+def test_both_judges_write_prefs_rows_alike(smoke_cfg, run_paths, make_teacher):
+    """Stage 04's notebook and DPO read the same fields whichever judge wrote the pairs (a cpu run of the
+    calibrated judge stopped in notebook 04 on a missing "reason", 2026-12-07)."""
+    def charlie(body):
+        at = shown(body).index("charlie")
+        return scored(at, (at + 1) % 3, [0.7 if i == at else 0.15 for i in range(3)])
+    _, orders = judge(smoke_cfg, run_paths, make_teacher, charlie, orders=2)
+    _, rotated = judge_calibrated(smoke_cfg, run_paths, make_teacher, charlie)
+    assert orders and rotated and set(orders[0]) - {"orders"} <= set(rotated[0])
