@@ -107,44 +107,57 @@ def is_copy(query: str, positive: str) -> bool:
     return q == p or SequenceMatcher(None, q, p, autojunk=False).ratio() >= COPY_RATIO
 
 
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) or 1.0))
+
+
+def _check(outputs: Sequence[Mapping], encode: Encode | None) -> tuple[list[dict], list[dict | None]]:
+    """Every rule but ``distinct`` on each output (True, False, or None where it does not apply), and each
+    valid output's training row (None for an invalid one). Each output is parsed once, and the reference
+    encoder embeds every (query, positive, negative) in one call."""
+    results, rows = [], []
+    for o in outputs:
+        task_type = o["task_type"]
+        parsed = parse_example(task_type, o.get("raw"))
+        out: dict = {rule: None for rule in RULES if rule != "distinct"}
+        out["valid"] = parsed.ok
+        row = to_training_example(task_type, o.get("task") or "", parsed.value) if parsed.ok else None
+        if row is not None:
+            obj = parsed.value
+            out["instructions"] = follows_instructions(task_type, obj, o.get("attributes") or {})
+            texts = [str(obj[k]) for k in KEYS[task_type] if task_type != "classification" or k == "input_text"]
+            out["english"] = all(reads_as_english(t) for t in texts)
+            out["not_a_copy"] = not is_copy(row["query"], row["positive"])
+        results.append(out)
+        rows.append(row)
+    triples = [i for i, row in enumerate(rows) if row is not None and row["negative"]]
+    if encode is not None and triples:
+        emb = encode([t for i in triples for t in (rows[i]["query"], rows[i]["positive"], rows[i]["negative"])])
+        for j, i in enumerate(triples):
+            q, p, n = emb[3 * j:3 * j + 3]
+            results[i]["ranks_positive"] = _cos(q, p) > _cos(q, n)
+    return results, rows
+
+
 def check_output(task_type: str, raw: str | None, attributes: Mapping | None = None, task: str = "",
                  encode: Encode | None = None) -> dict:
     """Every rule but ``distinct`` on one raw output (True, False, or None where it does not apply)."""
-    parsed = parse_example(task_type, raw)
-    out: dict = {rule: None for rule in RULES if rule != "distinct"}
-    out["valid"] = parsed.ok
-    if not parsed.ok:
-        return out
-    obj = parsed.value
-    row = to_training_example(task_type, task, obj)
-    out["instructions"] = follows_instructions(task_type, obj, attributes or {})
-    texts = [str(obj[k]) for k in KEYS[task_type] if task_type != "classification" or k == "input_text"]
-    out["english"] = all(reads_as_english(t) for t in texts)
-    out["not_a_copy"] = not is_copy(row["query"], row["positive"])
-    if encode is not None and row["negative"]:
-        q, p, n = encode([row["query"], row["positive"], row["negative"]])
-        cos = lambda a, b: float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) or 1.0))  # noqa: E731
-        out["ranks_positive"] = cos(q, p) > cos(q, n)
-    return out
+    return _check([{"task_type": task_type, "raw": raw, "attributes": attributes, "task": task}], encode)[0][0]
 
 
 def check_generator(outputs: Sequence[Mapping], encode: Encode | None = None) -> list[dict]:
     """The rules on one generator's outputs, in order; each output a mapping with ``prompt_id``,
     ``task_type``, ``raw`` and optionally ``attributes`` and ``task``. ``distinct`` compares the valid
     outputs with the earlier ones of the same generator."""
-    rows = [{"prompt_id": o["prompt_id"], "task_type": o["task_type"],
-             **check_output(o["task_type"], o.get("raw"), o.get("attributes"), o.get("task") or "", encode)}
-            for o in outputs]
-    valid = []
-    for o, r in zip(outputs, rows):
-        if r["valid"]:
-            ex = to_training_example(o["task_type"], o.get("task") or "", parse_example(o["task_type"], o.get("raw")).value)
-            valid.append({**ex, "id": o["prompt_id"]})
+    results, rows = _check(outputs, encode)
+    valid = [{**row, "id": o["prompt_id"]} for o, row in zip(outputs, rows) if row is not None]
     dropped = {str(d["id"]) for d in dedup(valid).dropped}
-    for r in rows:
-        r["distinct"] = None if not r["valid"] else str(r["prompt_id"]) not in dropped
+    checked = []
+    for o, r in zip(outputs, results):
+        r["distinct"] = None if not r["valid"] else str(o["prompt_id"]) not in dropped
         r["sound"] = bool(r["valid"]) and all(r[rule] is not False for rule in RULES)
-    return rows
+        checked.append({"prompt_id": o["prompt_id"], "task_type": o["task_type"], **r})
+    return checked
 
 
 def rate(rows: Iterable[Mapping], rule: str) -> dict:
