@@ -16,15 +16,7 @@ from .runs import RunPaths, read_jsonl
 from .stats import Interval, SeededInterval, decide
 from .sweep_results import SHUFFLED, TEACHER
 
-COLUMNS = ("claim", "paper", "measured as", "readout", "value", "ci95", "seeds", "detectable", "holds here")
 BLIND = "readout blind: it does not beat the shuffled-positives control"
-
-
-def verdict(lo: float | None, hi: float | None, null: float = 0.0) -> str:
-    """"holds" where the whole interval lies above ``null``, "fails" where below, else "undecided"."""
-    if lo is None or hi is None:
-        return "not measured"
-    return "holds" if lo > null else "fails" if hi < null else "undecided"
 
 
 def as_interval(d: dict | None, sign: int = 1) -> Interval | None:
@@ -174,4 +166,4 @@ def _marker(run: RunPaths, stage: int) -> dict:
     return run.read_marker(stage).get("metrics", {})
 
 
-__all__ = ["claims", "verdict", "sees_the_data", "as_interval", "COLUMNS", "BLIND", "ELSEWHERE"]
+__all__ = ["claims", "sees_the_data", "as_interval", "BLIND", "ELSEWHERE"]

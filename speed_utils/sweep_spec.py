@@ -61,8 +61,3 @@ def load_sweep(path: str | Path) -> dict:
         bases = {f"{name}@{sd}": (name, sd) for name in points for sd in seeds}
         points = {f"{name}@{sd}": merge_dicts(over, {"embedder": {"seed": sd}}) for name, over in points.items() for sd in seeds}
     return {**spec, "path": path, "points": points, "bases": bases, "until": spec.get("until", 8)}
-
-
-def summary_path(run: RunPaths, spec_path: str | Path) -> Path:
-    """Where the runner writes a sweep's summary inside a run (``<run>/sweeps/<name>/sweep.json``)."""
-    return sweeps_dir(run) / load_sweep(spec_path)["name"] / SUMMARY

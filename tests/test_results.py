@@ -81,10 +81,13 @@ def test_sweep_sizes_that_break_the_comparison_are_named():
 
 
 def test_a_claim_holds_only_where_its_whole_interval_is_on_its_side():
-    from speed_utils.claims import verdict
+    from speed_utils.stats import Interval, decide
 
-    assert verdict(0.1, 2.0) == "holds" and verdict(-2.0, -0.1) == "fails" and verdict(-1.0, 1.0) == "undecided"
-    assert verdict(0.52, 0.9, null=0.5) == "holds" and verdict(0.3, 0.9, null=0.5) == "undecided"
+    def verdict(lo, hi, null=0.0):
+        return decide(None if lo is None else Interval((lo + hi) / 2, lo, hi), null)["verdict"]
+
+    assert verdict(0.1, 2.0) == "holds" and verdict(-2.0, -0.1) == "fails" and verdict(-1.0, 1.0) == "undecided at this scale"
+    assert verdict(0.52, 0.9, null=0.5) == "holds" and verdict(0.3, 0.9, null=0.5) == "undecided at this scale"
     assert verdict(None, None) == "not measured"
 
 
