@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import assets
+from . import assets, disk
 from .config import Config, EmbedderCfg, LoraCfg
 from .precision import amp_flags, compute_dtype, dtype_name, release_memory, trained_in
 from .runs import RunPaths, read_jsonl, record_path, remove
@@ -286,30 +286,6 @@ def shuffled_positives(rows: list[dict], seed: int) -> list[dict]:
     return [{**r, "positive": moved[i]} for i, r in enumerate(rows)]
 
 
-class DiskFull(RuntimeError):
-    """Too little free space where a stage would write its models (checked before hours of training)."""
-
-
-def save_bytes(model: str, on_gpu: bool | None = None) -> int:
-    """An upper bound on the bytes of ``model`` saved merged: bf16 from a GPU (the QLoRA rebuild), fp32 on a CPU,
-    plus 10% for tokenizer and config files."""
-    on_gpu = cuda_available() if on_gpu is None else on_gpu
-    return int(assets.spec(model).params_b * 1e9 * (2 if on_gpu else 4) * 1.1)
-
-
-def check_free_space(folder: Path, models: Sequence[str], on_gpu: bool | None = None) -> None:
-    """Stage 07 saves each trained model beside the old one before it replaces it (atomic): refuse to train
-    where the run folder's disk (Google Drive, on Colab) cannot hold them (issue 33: a merged 7B embedder is
-    about 14.5 GB, and a save that fails at the end loses the hours of training before it)."""
-    need = sum(save_bytes(m, on_gpu) for m in models)
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
-    if free < need:
-        raise DiskFull(f"{folder}: {free / 1e9:.1f} GB free, but stage 07 saves about {need / 1e9:.1f} GB "
-                       f"({', '.join(models)}): free space there, or run with --runs-dir on a larger local disk "
-                       "and copy the run folder afterwards")
-
-
 def training_seed(cfg: Config) -> int:
     """The seed of stage 07's training: ``embedder.seed`` where set (a sweep's seeds), else ``run.seed``."""
     return cfg.embedder.seed if cfg.embedder.seed is not None else cfg.run.seed
@@ -333,7 +309,7 @@ def train_stage(cfg: Config, run: RunPaths) -> dict:
     jobs = [("embedder", cfg.models.embedder, ec.lr)]
     if cfg.models.baseline_embedder and ec.baseline_finetune:
         jobs.append(("baseline", cfg.models.baseline_embedder, ec.baseline_lr))
-    check_free_space(run.models, [name for _, name, _ in jobs])
+    disk.check_free_space(run.models, [name for _, name, _ in jobs])
     if len(jobs) == 1:  # the baseline is not trained this time: never evaluate a stale one
         remove(run.file("baseline"))
         remove(record_path(run.file("baseline")))

@@ -163,9 +163,11 @@ def test_stage_07_refuses_to_train_where_the_disk_cannot_hold_its_models(tmp_pat
     import shutil
     from collections import namedtuple
 
-    assert embed.save_bytes("mistral-7b-v0.1", on_gpu=True) == pytest.approx(7.24e9 * 2 * 1.1, rel=0.05)
+    from speed_utils import disk
+
+    assert disk.save_bytes("mistral-7b-v0.1", on_gpu=True) == pytest.approx(7.24e9 * 2 * 1.1, rel=0.05)
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(100e9, 90e9, 10e9))
-    with pytest.raises(embed.DiskFull, match=r"10.0 GB free, but stage 07 saves about 1[5-7].\d GB"):
-        embed.check_free_space(tmp_path / "models", ["mistral-7b-v0.1"], on_gpu=True)
-    embed.check_free_space(tmp_path / "models", ["smollm2-135m-instruct", "all-minilm-l6-v2"], on_gpu=False)
+    with pytest.raises(disk.DiskFull, match=r"10.0 GB free, but stage 07 saves about 1[5-7].\d GB"):
+        disk.check_free_space(tmp_path / "models", ["mistral-7b-v0.1"], on_gpu=True)
+    disk.check_free_space(tmp_path / "models", ["smollm2-135m-instruct", "all-minilm-l6-v2"], on_gpu=False)
