@@ -16,7 +16,14 @@ Each result is one JSON line appended to ``--out``, so an interrupted search res
 Usage: python benchmarks/embedder_recipe.py --run results/runs/cpu --out /tmp/recipe.jsonl \\
            --candidate '{"lr": 1e-4, "epochs": 2}' --candidate '{"lr": 5e-4, "epochs": 8, "batch_size": 8}' [--test]
 A candidate's keys are EmbedderCfg fields (lr, epochs, batch_size, mini_batch_size, temperature,
-max_length, warmup_steps, lora) plus ``full`` (full fine-tuning instead of LoRA).
+max_length, warmup_steps, lora) plus ``full`` (full fine-tuning instead of LoRA) and ``seed`` (the training
+seed: row order and LoRA initialisation, as ``run.seed`` sets them in stage 07). ``--run`` takes a run
+folder or a flat snapshot (``results/reference/<name>``, where ``synthetic.jsonl`` and ``seed.jsonl`` lie
+at the top).
+
+The recipe's spread (issue 31, item 5): ``--seeds 5`` trains every candidate with seeds 0-4 and prints,
+per candidate, each seed's scores and the lowest test average's distance from the median (the target:
+within 5 points).
 """
 from __future__ import annotations
 
@@ -103,6 +110,7 @@ def evaluate_all(st, data: dict, test: bool) -> dict:
 
 
 def run_candidate(candidate: dict, rows: list[dict], data: dict, test: bool) -> dict:
+    """Train one candidate (``candidate["seed"]``: the training seed, default 0) and score it."""
     from speed_utils import embed, evaluate
     from speed_utils.config import EmbedderCfg, LoraCfg
 
@@ -110,7 +118,7 @@ def run_candidate(candidate: dict, rows: list[dict], data: dict, test: bool) -> 
         t0 = time.monotonic()
         return {"candidate": candidate, **evaluate_all(model(candidate, untrained=True), data, test),
                 "seconds": round(time.monotonic() - t0, 1)}
-    fields = {k: v for k, v in candidate.items() if k in EmbedderCfg.model_fields and k != "lora"}
+    fields = {k: v for k, v in candidate.items() if k in EmbedderCfg.model_fields and k not in ("lora", "seed")}
     lora = LoraCfg(**candidate.get("lora", {}))
     ec = EmbedderCfg(**{"lr": 1e-4, "batch_size": 32, "mini_batch_size": 8, "max_length": 256, "epochs": 2,
                         "warmup_steps": 2, "gradient_checkpointing": False, **fields}, lora=lora)
@@ -118,7 +126,8 @@ def run_candidate(candidate: dict, rows: list[dict], data: dict, test: bool) -> 
         ec = ec.model_copy(update={"mini_batch_size": ec.batch_size})
     st = model(candidate)
     with tempfile.TemporaryDirectory() as d:
-        res = embed.train(st, rows, Path(d) / "m", ec, name="smollm2-135m-instruct", lora=not candidate.get("full"))
+        res = embed.train(st, rows, Path(d) / "m", ec, name="smollm2-135m-instruct", lora=not candidate.get("full"),
+                          seed=int(candidate.get("seed", 0)))
         trained = evaluate.load_candidate(evaluate.Candidate("trained", "trained", str(Path(d) / "m"), "encoder", True),
                                           ec.max_length)  # as stage 08 loads it
         scores = evaluate_all(trained, data, test)
@@ -133,16 +142,21 @@ def main() -> None:
     ap.add_argument("--candidate", action="append", default=[], help="a JSON object; repeatable")
     ap.add_argument("--test", action="store_true", help="also score the stage 08 test samples")
     ap.add_argument("--limit", type=int, default=250, help="pairs per test task (stage 08's sample)")
+    ap.add_argument("--seeds", type=int, default=0, help="train every candidate with seeds 0..N-1 and print the spread")
     a = ap.parse_args()
+    if a.seeds:
+        a.candidate = [json.dumps({**json.loads(c), "seed": s}) for c in a.candidate for s in range(a.seeds)]
 
     from speed_utils.embed import training_rows
     from speed_utils.runs import RunPaths, read_jsonl
     from speed_utils.schema import to_training_example
 
     run = RunPaths(Path(a.run))
-    rows = training_rows(run, ["synthetic"])
+    flat = not (run.data / "synthetic.jsonl").exists() and (Path(a.run) / "synthetic.jsonl").exists()
+    data_dir = Path(a.run) if flat else run.data  # a snapshot keeps its data files at the top
+    rows = list(read_jsonl(data_dir / "synthetic.jsonl")) if flat else training_rows(run, ["synthetic"])
     seed = [{"id": r["id"], **to_training_example(r["task_type"], r["task"], r["output"])}
-            for r in read_jsonl(run.data / "seed.jsonl")]
+            for r in read_jsonl(data_dir / "seed.jsonl")]
     data = {"lee": task_rows("LeeDocSTS", None, 0), "seed": seed}
     if a.test:
         data.update({t: task_rows(t, a.limit, 0) for t in TEST_TASKS})
@@ -159,6 +173,26 @@ def main() -> None:
         with out.open("a") as f:
             f.write(json.dumps(r) + "\n")
         print(json.dumps(r), flush=True)
+    if a.seeds:
+        spread(out, a.test)
+
+
+def spread(out: Path, test: bool) -> None:
+    """Per candidate (seed aside): each seed's score, the median, and the lowest one's distance below it."""
+    by: dict[str, list[dict]] = {}
+    for line in out.read_text().splitlines():
+        r = json.loads(line)
+        c = {k: v for k, v in r["candidate"].items() if k != "seed"}
+        by.setdefault(json.dumps(c, sort_keys=True), []).append(r)
+    metric = "test_avg" if test else "dev_lee"
+    print(f"\nspread over seeds ({metric}; the target: the lowest within 5 points of the median)")
+    for c, rs in by.items():
+        vals = [r[metric] for r in sorted(rs, key=lambda r: r["candidate"].get("seed", 0)) if metric in r]
+        if not vals:
+            continue
+        med = float(np.median(vals))
+        print(f"{c}: seeds {', '.join(f'{v:.2f}' for v in vals)}; median {med:.2f}, lowest {min(vals):.2f} "
+              f"({med - min(vals):.2f} below; {'within' if med - min(vals) <= 5 else 'NOT within'} 5)")
 
 
 if __name__ == "__main__":

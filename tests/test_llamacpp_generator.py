@@ -3,6 +3,8 @@
 Real parts: SmolLM2-135M (GGUF from PyPI wheels, and the HF folder dequantized from it), llama.cpp's
 own converter, a real server on loopback.
 """
+import json
+
 import pytest
 
 from speed_utils import assets
@@ -147,6 +149,39 @@ def test_seeded_ordered_and_resumed_from_the_journal(base, adapter, tmp_path):
         gen._complete = lambda r, k: redone.append(k) or real(r, k)
         assert gen.generate(reqs, journal=journal) == whole
         assert len(redone) == 8 - 3
+
+
+def test_batched_slots_resume_keeps_finished_rows_and_repeats_none(base, adapter, tmp_path):
+    """Several slots (the ``cpu`` profile's 8): a row's numerics depend on the rows decoded beside it, so a
+    resumed stage's new rows need not equal an uninterrupted run's bytes. What holds, and is tested here:
+    after a kill every row comes back once, in request order, with the sample count asked; rows journalled
+    before the kill are kept verbatim; and no journalled row is generated again."""
+    reqs = [GenRequest(p, n=2, max_new_tokens=12, seed=i) for i, p in enumerate(PROMPTS)]
+    journal = tmp_path / "gen.jsonl"
+    with Generator(base[0], str(adapter), batch_size=2, backend="llamacpp", gguf=base[1], parallel=4,
+                   log_path=tmp_path / "srv.log") as gen:
+        calls, real = [], gen._complete
+
+        def dies_late(r, k):
+            calls.append(1)
+            if len(calls) == 7:
+                raise KeyboardInterrupt  # the kill, with earlier rows finished on other slots
+            return real(r, k)
+
+        gen._complete = dies_late
+        with pytest.raises(KeyboardInterrupt):
+            gen.generate(reqs, journal=journal)
+        kept = [json.loads(line) for line in journal.read_text().splitlines()]
+        assert 1 <= len(kept) < 4  # some batches of 2 rows finished, not all
+        redone = []
+        gen._complete = lambda r, k: redone.append(k) or real(r, k)
+        out = gen.generate(reqs, journal=journal)
+    assert [len(o) for o in out] == [2] * 4 and all(isinstance(t, str) for o in out for t in o)
+    assert len(redone) == 8 - 2 * len(kept)  # nothing journalled is asked again
+    flat = [t for o in out for t in o]
+    for batch in kept:  # journalled rows come back verbatim
+        assert all(t in flat for t in batch["texts"])
+    assert len(journal.read_text().splitlines()) == 4  # one entry a batch, none twice
 
 
 def test_a_parallel_server_returns_every_row_in_order(base, tmp_path):
