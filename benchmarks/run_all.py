@@ -23,6 +23,7 @@ def main() -> None:
     q = a.quick
     jobs = [["teacher.py", *(["--requests", "8", "--llama-requests", "4", "--llama-tokens", "32"] if q else [])],
             ["generation.py", *(["--n", "8", "--tokens", "64", "--naive-n", "2"] if q else [])],
+            ["slots.py", *(["--tokens", "32", "--gen-slots", "1", "4", "--teacher-slots", "2", "4"] if q else [])],
             ["precision.py", *(["--steps", "1", "--texts", "64"] if q else [])],
             ["precision.py", "--malloc", "--only", "sft", *(["--steps", "1"] if q else [])],
             ["embedder.py", *(["--steps", "2"] if q else [])],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import assets, data_quality
 from .config import Config
-from .generate import Generator, GenRequest, backend_name
+from .generate import GenRequest, base_model, open_generator
 from .prompts import Prompt, judge_prompt, revision_prompt
 from .runs import RunPaths, read_jsonl, write_jsonl
 from .schema import (REVISION_FIELD_CHARS, generator_schema, parse_example, parse_json, parse_judgement, parse_revision,
@@ -39,11 +39,6 @@ def judge_schema(k: int) -> dict:
             "properties": {"reason": {"type": "string", "maxLength": JUDGE_REASON_CHARS}, "best": index, "worst": index}}
 
 
-def base_model(cfg: Config) -> str:
-    """The generator base: a Hub id online, a folder converted from the GGUF offline."""
-    return assets.hf_folder(cfg.models.generator, online=cfg.use_hub())
-
-
 def as_completion(output: dict) -> str:
     """The SFT target for one example: its JSON, as the generators should write it."""
     return json.dumps(output, ensure_ascii=False)
@@ -55,33 +50,6 @@ def train_junior(cfg: Config, run: RunPaths) -> TrainResult:
     if not rows:
         raise ValueError(f"{run.data / 'seed.jsonl'} holds no valid example; stage 02 must produce some")
     return sft(base_model(cfg), rows, run.file("junior"), cfg.junior, cfg.junior.max_length, cfg.run.seed)
-
-
-# ---------------------------------------------------------------- generators
-def generation_engine(cfg: Config, base_override: str | None = None) -> str:
-    """The engine that samples the generators: the profile's, or by hardware and whether the base has a GGUF."""
-
-    if cfg.generation.backend != "auto":
-        return cfg.generation.backend
-    m = assets.spec(cfg.models.generator)
-    # llama.cpp only offline, where the HF base is the GGUF dequantized, so adapters apply to what they trained on
-    return backend_name(base_override is None and m.gguf is not None and not cfg.use_hub())
-
-
-def open_generator(cfg: Config, adapter, log: Path | None = None, base_override: str | None = None,
-                   backend: str | None = None) -> Generator:
-    """The base generator plus ``adapter`` on the profile's engine (close it, or use it in ``with``).
-
-    On llama.cpp the base is the generator's GGUF (the file the offline HF folder was dequantized
-    from) and the adapter its GGUF conversion; ``base_override`` (a test's tiny model) has no GGUF.
-    """
-    g = cfg.generation
-    engine = backend or generation_engine(cfg, base_override)
-    gguf = assets.gguf_path(cfg.models.generator, online=cfg.use_hub()) if engine == "llamacpp" else None
-    return Generator(base_override or base_model(cfg), str(adapter) if adapter else None, batch_size=g.batch_size,
-                     backend=engine, tensor_parallel=g.tensor_parallel_size, gguf=gguf, parallel=g.parallel,
-                     slot_ctx=g.slot_ctx, threads=g.threads, log_path=log,
-                     max_lora_rank=max(cfg.junior.lora.r, cfg.senior.lora.r, cfg.revisor.lora.r))
 
 
 # ---------------------------------------------------------------- 04 senior

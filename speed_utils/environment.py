@@ -11,7 +11,7 @@ import platform
 import psutil
 
 from . import assets
-from .align import generation_engine
+from .generate import generation_engine
 from .config import Config
 from .precision import cpu_bf16_flags, dtype_name
 from .runs import RunPaths, atomic_write_json, versions

@@ -27,7 +27,9 @@ from typing import Iterator, Sequence
 
 from tqdm import tqdm
 
+from . import assets
 from .chat import load_tokenizer, user_turn
+from .config import Config
 from .gguf_lora import adapter_to_gguf
 from .llama_server import LlamaServer
 from .precision import compute_dtype, dtype_name
@@ -70,14 +72,48 @@ class GenRequest:
     json_schema: str | None = None  # JSON Schema text the decoding is constrained to (llama.cpp, vLLM)
 
 
-def backend_name(has_gguf: bool = False) -> str:
-    """On a GPU: "vllm" where it is installed (here, or in ``.venv-vllm``: :mod:`speed_utils.vllm_worker`),
-    else "transformers". On a CPU: "llamacpp" if the base has a GGUF, else "transformers"."""
+def backend_name(requested: str | None = None, has_gguf: bool = False) -> str:
+    """The engine, resolved in this one place: ``requested`` unless it is None or "auto"; otherwise, on a
+    GPU "vllm" where it is installed (here, or in ``.venv-vllm``: :mod:`speed_utils.vllm_worker`), else
+    "transformers"; on a CPU "llamacpp" if the base has a GGUF, else "transformers"."""
+    if requested not in (None, "auto"):
+        return requested
     import torch
 
     if torch.cuda.is_available():
         return "vllm" if available() else "transformers"
     return "llamacpp" if has_gguf else "transformers"
+
+
+def base_model(cfg: Config) -> str:
+    """The generator base: a Hub id online, a folder converted from the GGUF offline."""
+    return assets.hf_folder(cfg.models.generator, online=cfg.use_hub())
+
+
+def generation_engine(cfg: Config, base_override: str | None = None) -> str:
+    """The engine that samples a profile's generators (SPEED §3.2–3.3): ``generation.backend``, or for
+    "auto" by hardware and whether the base has a GGUF (:func:`backend_name`)."""
+    m = assets.spec(cfg.models.generator)
+    # llama.cpp only offline, where the HF base is the GGUF dequantized, so adapters apply to what they trained on
+    return backend_name(cfg.generation.backend, base_override is None and m.gguf is not None and not cfg.use_hub())
+
+
+def open_generator(cfg: Config, adapter, log: Path | None = None, base_override: str | None = None,
+                   backend: str | None = None) -> "Generator":
+    """The one generator factory: the base generator plus ``adapter`` on the profile's engine, used by the
+    junior's samples (stage 04), the quality look (05), synthesis (06, 11) and the Ray replicas. Close it,
+    or use it in ``with``.
+
+    On llama.cpp the base is the generator's GGUF (the file the offline HF folder was dequantized
+    from) and the adapter its GGUF conversion; ``base_override`` (a test's tiny model) has no GGUF.
+    """
+    g = cfg.generation
+    engine = backend or generation_engine(cfg, base_override)
+    gguf = assets.gguf_path(cfg.models.generator, online=cfg.use_hub()) if engine == "llamacpp" else None
+    return Generator(base_override or base_model(cfg), str(adapter) if adapter else None, batch_size=g.batch_size,
+                     backend=engine, tensor_parallel=g.tensor_parallel_size, gguf=gguf, parallel=g.parallel,
+                     slot_ctx=g.slot_ctx, threads=g.threads, log_path=log,
+                     max_lora_rank=max(cfg.junior.lora.r, cfg.senior.lora.r, cfg.revisor.lora.r))
 
 
 class Generator:
@@ -96,7 +132,7 @@ class Generator:
                  tensor_parallel: int = 1, gguf: Path | None = None, parallel: int = 1, slot_ctx: int = 2048,
                  threads: int = 2, log_path: Path | None = None, max_lora_rank: int = 64):
         self.model_id, self.adapter, self.batch_size = model_id, adapter, batch_size
-        self.backend = backend if backend not in (None, "auto") else backend_name(gguf is not None)
+        self.backend = backend_name(backend, gguf is not None)
         self.tokens_out = 0
         self._count = threading.Lock()  # llama.cpp rows finish on worker threads
         self.server = self.worker = None

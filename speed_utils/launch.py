@@ -71,22 +71,23 @@ def train(stage: str, cfg: Config, run: RunPaths, profile: str | Path) -> dict:
     return json.loads(out.read_text())
 
 
-def batch_arithmetic(cfg: Config) -> list[str]:
-    """How each training reaches its batch: per-device micro-batch x devices x accumulation, or the
-    contrastive batch split across devices (negatives gathered) and mini-batched by GradCache."""
+def batch_arithmetic(cfg: Config) -> dict[str, str]:
+    """How each training reaches its batch, by training name (junior, senior, revisor, embedder):
+    per-device micro-batch x devices x accumulation, or the contrastive batch split across devices
+    (negatives gathered) and mini-batched by GradCache."""
 
-    lines = []
+    lines = {}
     for name in ("junior", "senior", "revisor"):
         tc, n = getattr(cfg, name), cfg.distributed.processes(name)[0]
         micro, accum = batch_plan(tc.batch_size, n, tc.micro_batch_size, on_gpu=n > 1)  # several devices: GPUs
-        lines.append(f"{name}: batch {tc.batch_size} = micro-batch {micro} x {n} device(s) x accumulation {accum}"
-                     + ("" if micro * n * accum == tc.batch_size else f" (= {micro * n * accum}, rounded up)"))
+        lines[name] = (f"{name}: batch {tc.batch_size} = micro-batch {micro} x {n} device(s) x accumulation {accum}"
+                       + ("" if micro * n * accum == tc.batch_size else f" (= {micro * n * accum}, rounded up)"))
     ec, n = cfg.embedder, cfg.distributed.processes("embedder")[0]
     per = per_device_batch(ec, n)
     cached = f", each device embedding in mini-batches of {ec.mini_batch_size} (GradCache)" if ec.mini_batch_size else ""
-    lines.append(f"embedder: contrastive batch {ec.batch_size} = {per} per device x {n} device(s)"
-                 + (", in-batch negatives gathered across devices" if n > 1 else "") + cached
-                 + " (no gradient accumulation: it would shrink the set of in-batch negatives)")
+    lines["embedder"] = (f"embedder: contrastive batch {ec.batch_size} = {per} per device x {n} device(s)"
+                         + (", in-batch negatives gathered across devices" if n > 1 else "") + cached
+                         + " (no gradient accumulation: it would shrink the set of in-batch negatives)")
     return lines
 
 

@@ -28,7 +28,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .align import base_model as profile_base, generation_engine, open_generator
+from .generate import base_model as profile_base, generation_engine, open_generator
 from .config import Config
 from .gguf_lora import adapter_to_gguf
 from .runs import RunPaths, atomic_write_text, jsonl_text

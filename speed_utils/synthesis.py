@@ -26,7 +26,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from .align import generation_engine, open_generator
+from .generate import generation_engine, open_generator
 from .config import TASK_TYPES, Config
 from .dedup import dedup
 from .generate import Generator, GenRequest

@@ -21,9 +21,9 @@ def test_paper_commands_split_generators_and_embedder():
 
 def test_paper_batch_arithmetic_reaches_the_papers_batches():
     lines = launch.batch_arithmetic(load_profile("paper"))
-    assert lines[0] == "junior: batch 16 = micro-batch 2 x 8 device(s) x accumulation 1"
-    assert lines[2] == "revisor: batch 24 = micro-batch 1 x 8 device(s) x accumulation 3"
-    assert lines[3].startswith("embedder: contrastive batch 1536 = 96 per device x 16 device(s), in-batch negatives gathered")
+    assert lines["junior"] == "junior: batch 16 = micro-batch 2 x 8 device(s) x accumulation 1"
+    assert lines["revisor"] == "revisor: batch 24 = micro-batch 1 x 8 device(s) x accumulation 3"
+    assert lines["embedder"].startswith("embedder: contrastive batch 1536 = 96 per device x 16 device(s), in-batch negatives gathered")
 
 
 def test_accelerate_configs_are_valid_for_accelerate():

@@ -6,6 +6,6 @@ from ..registry import StageContext, StageResult
 
 
 def run(ctx: StageContext) -> StageResult:
-    print(launch.batch_arithmetic(ctx.cfg)[0])
+    print(launch.batch_arithmetic(ctx.cfg)["junior"])
     result = launch.train("junior", ctx.cfg, ctx.run, ctx.profile)  # in this process, or accelerate launch
     return StageResult({**result, "base": ctx.cfg.models.generator}, {"training": result})

@@ -12,7 +12,7 @@ def run(ctx: StageContext) -> StageResult:
     with open_teacher(ctx.cfg, ctx.run, ctx.name) as teacher:
         judged = align.judge_root(ctx.cfg, ctx.run, teacher, root)
         judged["teacher"] = teacher.summary()
-    print(launch.batch_arithmetic(ctx.cfg)[1])
+    print(launch.batch_arithmetic(ctx.cfg)["senior"])
     result = launch.train("senior", ctx.cfg, ctx.run, ctx.profile)  # in this process, or accelerate launch
     return StageResult({"judgements": judged, **result, "base": ctx.cfg.models.generator},
                        {"judgements": judged, "training": result})
