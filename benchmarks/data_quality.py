@@ -43,7 +43,7 @@ def main() -> None:
     from speed_utils import assets, data_quality
     import yaml
     from speed_utils.embed import encoder_embedder
-    from speed_utils.runs import read_jsonl
+    from speed_utils.files import read_jsonl
 
     run = a.run if (a.run / "quality.jsonl").exists() else a.run / "data"
     rows = list(read_jsonl(run / "quality.jsonl"))

@@ -148,7 +148,8 @@ def main() -> None:
         a.candidate = [json.dumps({**json.loads(c), "seed": s}) for c in a.candidate for s in range(a.seeds)]
 
     from speed_utils.embed import training_rows
-    from speed_utils.runs import RunPaths, read_jsonl
+    from speed_utils.runs import RunPaths
+    from speed_utils.files import read_jsonl
     from speed_utils.schema import to_training_example
 
     run = RunPaths(Path(a.run))

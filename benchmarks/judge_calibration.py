@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def lists(runs: list[Path]) -> list[dict]:
-    from speed_utils.runs import read_jsonl
+    from speed_utils.files import read_jsonl
 
     out = []
     for run in runs:
@@ -48,9 +48,10 @@ def main() -> None:
     a = ap.parse_args()
 
     from speed_utils import align
-    from speed_utils.config import load_profile
-    from speed_utils.runs import RunPaths, read_jsonl
-    from speed_utils.teacher import open_teacher
+    from speed_utils.profiles import load_profile
+    from speed_utils.runs import RunPaths
+    from speed_utils.files import read_jsonl
+    from speed_utils.teacher_endpoint import open_teacher
 
     base = load_profile(a.profile)
     root = lists(a.runs)

@@ -85,7 +85,7 @@ def scores(a) -> dict:
     from pathlib import Path
 
     from speed_utils import evaluate, mteb_tasks
-    from speed_utils.config import load_profile
+    from speed_utils.profiles import load_profile
     from speed_utils.mteb_encoder import InstructedEncoder
     from speed_utils.precision import dtype_name
     from speed_utils.runs import RunPaths

@@ -31,8 +31,9 @@ TASKS = [{"id": f"t{i}", "task_type": t, "task": f"Find documents about topic {i
 
 def side(tmp: Path, adapters: dict[str, Path], name: str, n: int, tokens: int, threads: int, replicas: int) -> dict:
     from speed_utils import synthesis
-    from speed_utils.config import load_profile
-    from speed_utils.runs import RunPaths, write_jsonl
+    from speed_utils.profiles import load_profile
+    from speed_utils.runs import RunPaths
+    from speed_utils.files import write_jsonl
 
     prof = tmp / f"{name}.yaml"
     prof.write_text(yaml.safe_dump({

@@ -53,7 +53,9 @@ def generator_rates(model: str, slots_list: list[int], tokens: int, work: Path) 
 def teacher_rates(model: str, slots_list: list[int], tokens: int, work: Path) -> dict[int, dict]:
     from speed_utils import assets
     from speed_utils.runs import RunPaths
-    from speed_utils.teacher import LlamaServer, Request, Teacher, TeacherSettings, openai_client
+    from speed_utils.teacher import Request, Teacher, TeacherSettings
+    from speed_utils.teacher_endpoint import openai_client
+    from speed_utils.llama_server import LlamaServer
 
     gguf = assets.gguf_path(model, online=False)
     out = {}

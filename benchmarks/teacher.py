@@ -22,7 +22,8 @@ def fake_api(n: int, parallel: int) -> None:
     from fakes import FakeTeacher
 
     from speed_utils.runs import RunPaths
-    from speed_utils.teacher import Request, Teacher, TeacherSettings, openai_client
+    from speed_utils.teacher import Request, Teacher, TeacherSettings
+    from speed_utils.teacher_endpoint import openai_client
 
     times = {}
     with FakeTeacher(default=lambda body: ("sleep", 1.0, ("ok", '{"answer": "ok"}', "stop"))) as fake:
@@ -43,7 +44,9 @@ def fake_api(n: int, parallel: int) -> None:
 def local_llama(model: str, n: int, tokens: int) -> None:
     from speed_utils import assets
     from speed_utils.runs import RunPaths
-    from speed_utils.teacher import LlamaServer, Request, Teacher, TeacherSettings, openai_client
+    from speed_utils.teacher import Request, Teacher, TeacherSettings
+    from speed_utils.teacher_endpoint import openai_client
+    from speed_utils.llama_server import LlamaServer
 
     gguf = assets.gguf_path(model, online=False)
     rates = {}

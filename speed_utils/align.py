@@ -15,10 +15,11 @@ from collections import Counter
 from pathlib import Path
 
 from . import assets, data_quality
-from .config import Config
+from .profiles import Config
 from .generate import GenRequest, base_model, open_generator
 from .prompts import Prompt, judge_prompt, revision_prompt
-from .runs import RunPaths, read_jsonl, write_jsonl
+from .runs import RunPaths
+from .files import read_jsonl, write_jsonl
 from .schema import (REVISION_FIELD_CHARS, generator_schema, parse_example, parse_json, parse_judgement, parse_revision,
                      response_format, revision_schema)
 from .stats import wilson

@@ -21,7 +21,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from pathlib import Path
 
 from platformdirs import user_cache_dir
 
-from .runs import sha256_path as sha256_file
+from .files import sha256_path as sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +192,7 @@ def _probe_hub(endpoint: str, timeout: float) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
+def locked(path: Path):
     """An exclusive lock, so two processes never assemble the same model at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as fh:
@@ -204,7 +203,7 @@ def _locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _pip_download(dest: Path, *args: str) -> tuple[int, str]:
+def pip_download(dest: Path, *args: str) -> tuple[int, str]:
     """``pip download --no-deps`` into ``dest``: its exit code and the end of its stderr (without the
     machine's harmless "Location ... is ignored" lines)."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
@@ -215,7 +214,7 @@ def _pip_download(dest: Path, *args: str) -> tuple[int, str]:
 
 def _download_wheels(packages: tuple[str, ...], dest: Path) -> list[Path]:
     """``pip download --no-deps`` the pinned wheels; returns them in the given order."""
-    code, tail = _pip_download(dest, *packages)
+    code, tail = pip_download(dest, *packages)
     if code != 0:
         raise AssetError(f"pip download failed for {packages[0]} (+{len(packages) - 1}): {tail}")
     found = {p.name.split("-")[0].replace("_", "-").lower(): p for p in dest.glob("*.whl")}
@@ -288,7 +287,7 @@ def _offline(name: str, which: str) -> Path:
             "it needs the Hugging Face Hub, which is unreachable here")
     out = cache_dir() / name / ("model.gguf" if which == "gguf" else "folder")
     ok = out.with_name(out.name + ".sha256-ok")
-    with _locked(out):
+    with locked(out):
         if out.exists() and ok.exists() and ok.read_text().strip() == ws.sha256:
             return out
         if out.exists():  # present but never verified: check it before trusting it
@@ -344,7 +343,7 @@ def hf_folder(name: str, online: bool | None = None) -> str:
     gguf = _offline(name, "gguf")
     out = cache_dir() / name / "hf"
     done = out / ".converted"
-    with _locked(out):
+    with locked(out):
         if done.exists():
             return str(out)
         import torch
@@ -364,67 +363,6 @@ def hf_folder(name: str, online: bool | None = None) -> str:
         os.replace(tmp, out)
         done.write_text(gguf.name)
     return str(out)
-
-
-# llama.cpp's own converters (convert_lora_to_gguf.py with its conversion/ package and gguf-py) ship
-# in the source distribution of the pinned xllamacpp, not in its wheel (toolchain.md, "Engines").
-LLAMA_CPP_SDIST = ("xllamacpp==2026.10.11549",
-                   "c17ee1163006f70726abb9f72137830818f3d8cb60bfc34cb232d08428eaa22b")
-_CONVERTER_MEMBERS = ("convert_lora_to_gguf.py", "convert_hf_to_gguf.py", "conversion/", "gguf-py/")
-
-
-def _fetch_sdist(package: str, dest: Path) -> Path:
-    """The sdist file of ``name==version``: straight from the package index's simple page (PEP 503), else
-    ``pip download``. pip prepares an sdist's metadata before it keeps the file, which for xllamacpp
-    means installing its build requirements: about 4 minutes of a cold run (2026-12-01), for a file
-    that is only unpacked."""
-    import re
-    import urllib.parse
-    import urllib.request
-
-    name, version = package.split("==")
-    filename = f"{name}-{version}.tar.gz"
-    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
-    try:
-        with urllib.request.urlopen(f"{index}/{name}/", timeout=60) as r:
-            page = r.read().decode("utf-8", "replace")
-        (href,) = {h for h in re.findall(r'href="([^"#]+)', page) if h.rsplit("/", 1)[-1] == filename}
-        with urllib.request.urlopen(urllib.parse.urljoin(f"{index}/{name}/", href), timeout=300) as r, \
-                open(dest / filename, "wb") as fh:
-            shutil.copyfileobj(r, fh, 1 << 22)
-        return dest / filename
-    except (OSError, ValueError) as e:  # no such index page or file, or more than one link: let pip find it
-        log.info("index fetch of %s failed (%s); trying pip download", filename, e)
-    code, tail = _pip_download(dest, "--no-binary", ":all:", package)
-    sdists = list(dest.glob("*.tar.gz"))
-    if code != 0 and not sdists:  # a failed metadata build still leaves the file
-        raise AssetError(f"pip download of the {package} sdist (llama.cpp's converters) failed: {tail}")
-    (sdist,) = sdists
-    return sdist
-
-
-def llama_cpp_converters() -> Path:
-    """A folder with llama.cpp's GGUF converters, from the pinned xllamacpp sdist (sha256-checked, cached)."""
-    package, pinned = LLAMA_CPP_SDIST
-    out = cache_dir() / "_tools" / package.replace("==", "-")
-    with _locked(out):
-        if (out / "convert_lora_to_gguf.py").exists():
-            return out
-        with tempfile.TemporaryDirectory(dir=cache_dir()) as scratch:
-            sdist = _fetch_sdist(package, Path(scratch))
-            if (got := sha256_file(sdist)) != pinned:
-                raise AssetError(f"sha256 mismatch for {sdist.name}: got {got}, pinned {pinned}")
-            tmp = out.with_name(out.name + ".part")
-            shutil.rmtree(tmp, ignore_errors=True)
-            with tarfile.open(sdist) as tar:
-                for m in tar.getmembers():
-                    rel = m.name.split("/thirdparty/llama.cpp/", 1)[-1] if "/thirdparty/llama.cpp/" in m.name else None
-                    if rel and m.isfile() and rel.startswith(_CONVERTER_MEMBERS):
-                        m.name = rel
-                        tar.extract(m, tmp, filter="data")
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
-    return out
 
 
 def data_folder(name: str) -> Path:

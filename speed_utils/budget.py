@@ -16,7 +16,9 @@ from pathlib import Path
 import yaml
 
 from . import mteb_tasks, precision
-from .config import Config, ConfigError, lineage, merge_dicts, resolve_path
+from .config import resolve_path
+from .profiles import Config
+from .profiles import ConfigError, lineage, merge_dicts
 from .cost import estimate as teacher_plan
 from .sweep_spec import SWEEP_KINDS, load_sweep
 

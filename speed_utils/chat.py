@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .runs import atomic_write_text
+from .files import atomic_write_text
 
 TEMPLATE_FILE = "chat_template.jinja"  # inside an adapter folder
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 
-from .config import load_run_config
-from .runs import RunPaths, read_jsonl
+from .profiles import load_run_config
+from .runs import RunPaths
+from .files import read_jsonl
 from .stats import Interval, SeededInterval, decide
 from .sweep_results import SHUFFLED, TEACHER
 

@@ -18,7 +18,7 @@ from typing import Sequence
 from . import assets, preflight, scale, synthesis
 from .assets import AssetError
 from .budget import colab_line, estimate as wall_time, gpus_for, hardware_line, rates_for, table as time_table
-from .config import ConfigError, list_profiles, load_profile, load_run_config, profile_path
+from .profiles import ConfigError, list_profiles, load_profile, load_run_config, profile_path
 from .cost import estimate as teacher_plan, prices, total as ledger_total, usage
 from .gguf_lora import ConversionError
 from .llama_server import ServerError
@@ -27,7 +27,8 @@ from .registry import PRODUCER, STAGES, StageError, marker_matches
 from .report import build as build_report
 from .runner import run
 from .sweeps import sweep
-from .runs import RunLocked, RunPaths, atomic_write_json, read_jsonl, read_manifest, verify_files
+from .runs import RunLocked, RunPaths, read_manifest, verify_files
+from .files import atomic_write_json, read_jsonl
 from .synthesis import SynthesisError
 from .teacher import TeacherError
 

@@ -17,10 +17,11 @@ from typing import Iterable, Literal, get_args
 
 import yaml
 
-from .config import Config, resolve_path
+from .config import resolve_path
+from .profiles import Config
 from .paths import REPO_ROOT
 from .prompts import brainstorm_prompt, generation_prompt, judge_prompt, revision_prompt, sample_topics
-from .runs import read_jsonl
+from .files import read_jsonl
 
 PRICES = REPO_ROOT / "params" / "prices.yaml"
 # What the teacher is asked for: each request carries its kind (teacher.Request.kind) into the ledger.

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import assets, disk
-from .config import Config, EmbedderCfg, LoraCfg
+from .config import EmbedderCfg, LoraCfg
+from .profiles import Config
 from .precision import amp_flags, compute_dtype, dtype_name, release_memory, trained_in
-from .runs import RunPaths, read_jsonl, record_path, remove
+from .runs import RunPaths, record_path
+from .files import read_jsonl, remove
 from .schema import to_training_example
 from .train import (cuda_available, devices, lora_config, quant_device_map, record_training, step_logger,
                     trained_before, training_key)

@@ -12,9 +12,10 @@ import psutil
 
 from . import assets
 from .generate import generation_engine
-from .config import Config
+from .profiles import Config
 from .precision import cpu_bf16_flags, dtype_name
-from .runs import RunPaths, atomic_write_json, versions
+from .runs import RunPaths, versions
+from .files import atomic_write_json
 
 
 def hardware() -> dict:

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import assets
-from .config import Config
+from .profiles import Config
 from .embed import decoder_embedder, encoder_embedder
 from .mteb_tasks import NOTES, task_source, tasks_for
 from .precision import compute_dtype, dtype_name, release_memory
-from .runs import RunPaths, atomic_write_json, sha256_path, versions, write_jsonl
+from .runs import RunPaths, versions
+from .files import atomic_write_json, sha256_path, write_jsonl
 from .stats import average_interval, paired_interval, spearman_interval
 
 if TYPE_CHECKING:

@@ -29,11 +29,11 @@ from tqdm import tqdm
 
 from . import assets
 from .chat import load_tokenizer, user_turn
-from .config import Config
+from .profiles import Config
 from .gguf_lora import adapter_to_gguf
 from .llama_server import LlamaServer
 from .precision import compute_dtype, dtype_name
-from .runs import append_jsonl, read_jsonl, sha256_path
+from .files import append_jsonl, read_jsonl, sha256_path
 from .vllm_worker import VllmWorker, available, lora_request, vllm_inputs
 
 

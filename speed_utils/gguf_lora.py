@@ -17,8 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import assets
-from .runs import atomic_write_json, sha256_path
+from . import llama_converters
+from .files import atomic_write_json, sha256_path
 
 
 class ConversionError(RuntimeError):
@@ -26,7 +26,7 @@ class ConversionError(RuntimeError):
 
 
 def _run_converter(script: str, args: list[str], what: str) -> None:
-    tools = assets.llama_cpp_converters()
+    tools = llama_converters.llama_cpp_converters()
     env = {**os.environ, "PYTHONPATH": str(tools), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     proc = subprocess.run([sys.executable, str(tools / script), *args], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -51,7 +51,7 @@ def _convert_lora_in_process(args: list[str], what: str) -> None:
     import logging
     import runpy
 
-    tools = assets.llama_cpp_converters()
+    tools = llama_converters.llama_cpp_converters()
     root, log = logging.getLogger(), io.StringIO()
     saved = root.handlers[:], root.level, sys.argv, sys.path[:]
     root.handlers = [logging.StreamHandler(log)]  # so the script's basicConfig adds none of its own
@@ -75,7 +75,7 @@ def _convert_lora(args: list[str], what: str) -> None:
     """In this interpreter where the converters' own gguf-py can be imported; else in a child process (where
     transformers already imported PyPI's ``gguf``, say after dequantizing a GGUF, the script must not run
     against that one: it lacks what the converters use)."""
-    if _bundled_gguf_importable(assets.llama_cpp_converters()):
+    if _bundled_gguf_importable(llama_converters.llama_cpp_converters()):
         _convert_lora_in_process(args, what)
     else:
         _run_converter("convert_lora_to_gguf.py", args, what)
@@ -93,7 +93,7 @@ def adapter_to_gguf(adapter: Path, base_folder: str, outtype: str = "f32") -> Pa
         raise FileNotFoundError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
     out = adapter.with_name(adapter.name + ".gguf")
     sidecar = out.with_name(out.name + ".json")
-    source = {"adapter_sha256": sha256_path(adapter), "outtype": outtype, "converter": assets.LLAMA_CPP_SDIST[0]}
+    source = {"adapter_sha256": sha256_path(adapter), "outtype": outtype, "converter": llama_converters.LLAMA_CPP_SDIST[0]}
     try:
         recorded = json.loads(sidecar.read_text())
     except (OSError, ValueError):

@@ -23,10 +23,13 @@ import sys
 from pathlib import Path
 
 from . import align, embed
-from .config import Config, load_profile, resolve_path
+from .config import resolve_path
+from .profiles import Config
+from .profiles import load_profile
 from .embed import per_device_batch
 from .paths import REPO_ROOT
-from .runs import RunPaths, atomic_write_json
+from .runs import RunPaths
+from .files import atomic_write_json
 from .train import batch_plan
 
 STAGES = ("junior", "senior", "revisor", "embedder")

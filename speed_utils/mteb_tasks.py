@@ -34,7 +34,7 @@ from .config import MTEB_LOCAL_ENV, resolve_path
 from .paths import PACKAGE_DATA
 
 if TYPE_CHECKING:
-    from .config import Config
+    from .profiles import Config
 
 PROXY_ASSET = "gensim-test-data"
 ASYMMETRIC = ("Retrieval", "Reranking", "InstructionRetrieval")  # instruction on queries only

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import assets, mteb_tasks, plan
-from .config import Config, ConfigError, key_owner
-from .teacher import openai_client
+from .profiles import Config
+from .profiles import ConfigError, key_owner
+from .teacher_endpoint import openai_client
 
 
 @dataclass

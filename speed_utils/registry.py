@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import Config, load_profile, load_run_config, resolve_path
-from .runs import (FILES, RunLock, RunPaths, atomic_write_json, atomic_write_text, read_manifest, sha256_path,
-                   update_manifest, versions)
+from .config import resolve_path
+from .profiles import Config
+from .profiles import load_profile, load_run_config
+from .runs import FILES, RunLock, RunPaths, read_manifest, update_manifest, versions
+from .files import atomic_write_json, atomic_write_text, sha256_path
 
 
 class StageError(RuntimeError):

@@ -16,9 +16,10 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from .config import load_run_config
+from .profiles import load_run_config
 from .registry import STAGES
-from .runs import RunPaths, atomic_write_text, read_jsonl
+from .runs import RunPaths
+from .files import atomic_write_text, read_jsonl
 
 
 def _f(x, digits: int = 1) -> str:

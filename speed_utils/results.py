@@ -19,9 +19,10 @@ from statistics import mean
 
 import yaml
 
-from .config import load_run_config
+from .profiles import load_run_config
 from .paths import PACKAGE_DATA, REFERENCE_DIR
-from .runs import RunPaths, read_jsonl
+from .runs import RunPaths
+from .files import read_jsonl
 
 REFERENCE = REFERENCE_DIR / "paper.json"
 CATEGORIES = ("Classification", "Clustering", "PairClassification", "Reranking", "Retrieval", "STS", "Summarization")

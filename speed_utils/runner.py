@@ -19,13 +19,15 @@ from typing import Sequence
 
 from . import mteb_tasks, preflight, report
 from .budget import estimate as wall_time, in_words, rates_for, slower_here
-from .config import MTEB_LOCAL_ENV, Config, load_profile, profile_path
+from .config import MTEB_LOCAL_ENV
+from .profiles import Config
+from .profiles import load_profile, profile_path
 from .cost import STAGE_OF, estimate as teacher_plan
 from .paths import NOTEBOOKS_DIR
 from .adoption import adopt_run
 from .registry import STAGES, StageError, marker_matches
-from .runs import (LOCK_ENV, RunLock, RunLocked, RunPaths, append_jsonl, atomic_write_text,
-                   record_path, remove)
+from .runs import LOCK_ENV, RunLock, RunLocked, RunPaths, record_path
+from .files import append_jsonl, atomic_write_text, remove
 
 KERNEL_NAME = "speed-repro"  # pinned; registered in the venv by `make setup` or on first run
 

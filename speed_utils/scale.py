@@ -29,9 +29,10 @@ import warnings
 from pathlib import Path
 
 from .generate import base_model as profile_base, generation_engine, open_generator
-from .config import Config
+from .profiles import Config
 from .gguf_lora import adapter_to_gguf
-from .runs import RunPaths, atomic_write_text, jsonl_text
+from .runs import RunPaths
+from .files import atomic_write_text, jsonl_text
 from . import synthesis
 from .synthesis import Progress, SynthesisError, chunk_path
 

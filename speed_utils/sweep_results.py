@@ -15,8 +15,9 @@ from collections import Counter
 from pathlib import Path
 from statistics import mean
 
-from .config import load_run_config
-from .runs import RunPaths, read_jsonl
+from .profiles import load_run_config
+from .runs import RunPaths
+from .files import read_jsonl
 from .stats import seeded_difference, seeded_interval, seeded_slope
 from .sweep_spec import load_sweep
 

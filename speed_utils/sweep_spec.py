@@ -12,7 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, merge_dicts, resolve_path
+from .config import resolve_path
+from .profiles import ConfigError, merge_dicts
 from .runs import RunPaths
 
 SWEEP_KINDS = ("ablation", "scaling")

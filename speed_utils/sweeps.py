@@ -16,11 +16,13 @@ from typing import Sequence
 import yaml
 
 from .adoption import adopt_stages
-from .config import Config, load_profile, merge_dicts
+from .profiles import Config
+from .profiles import load_profile, merge_dicts
 from .paths import RESULTS_DIR
 from .registry import STAGES, StageError
 from .runner import run
-from .runs import RunPaths, atomic_write_json, atomic_write_text
+from .runs import RunPaths
+from .files import atomic_write_json, atomic_write_text
 from .sweep_spec import SUMMARY, SWEEP_KINDS, load_sweep, sweeps_dir
 
 

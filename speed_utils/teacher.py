@@ -3,7 +3,8 @@
 SPEED calls GPT-4o for brainstorming, seed data, DPO judgements and revisions (§3.2; 45K calls in
 all, §4.5). Here the teacher is always reached with the ``openai`` client at a configurable
 ``base_url``: OpenAI, Azure, vLLM, or a llama.cpp server that
-:class:`speed_utils.llama_server.LlamaServer` starts on loopback for offline profiles.
+:class:`speed_utils.llama_server.LlamaServer` starts on loopback for offline profiles
+(:mod:`speed_utils.teacher_endpoint` opens the one a profile names).
 
 * **Cache**: replies are stored by request hash (model, messages, sampling settings, response
   format) in ``teacher_cache/responses.jsonl``, append-only; a rerun makes zero calls.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import sys
 import threading
@@ -31,10 +31,9 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from . import assets
 from .cost import Kind, Usage, total as ledger_total
-from .llama_server import LlamaServer, ServerError, free_port
-from .runs import RunPaths, append_jsonl, read_jsonl
+from .runs import RunPaths
+from .files import append_jsonl, read_jsonl
 
 
 class TeacherError(RuntimeError):
@@ -367,57 +366,4 @@ def _retry_after(e) -> float | None:
         return None
 
 
-def openai_client(base_url: str, api_key: str, timeout_s: float):
-    """An ``openai.OpenAI`` with its own retries off (ours are counted in the ledger)."""
-    import openai
-
-    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s)
-
-
-def api_key_from_env(var: str) -> str:
-    key = os.environ.get(var)
-    if not key:
-        raise TeacherError(f"the teacher needs an API key in the environment variable ${var} "
-                           "(teacher.api_key_env); it is not set")
-    return key
-
-
-# ---------------------------------------------------------------- local llama.cpp server
-class open_teacher:
-    """Context manager: the profile's teacher for one stage, with a lazily started server.
-
-    ``with open_teacher(cfg, run, "02") as t: replies = t.map(requests)``. For the llamacpp
-    backend the server starts only at the first request the cache cannot answer.
-    """
-
-    def __init__(self, cfg, run: RunPaths, stage: str):
-        tc = cfg.teacher
-        self.server: LlamaServer | None = None
-        settings = TeacherSettings.from_cfg(tc)
-        if tc.backend == "llamacpp":
-            def connect():
-                gguf = assets.gguf_path(tc.model, online=cfg.use_hub())
-                try:
-                    self.server = LlamaServer(gguf, run.logs / "llama-server.log", n_ctx=tc.n_ctx,
-                                              n_parallel=tc.n_parallel, threads=tc.threads).start()
-                except ServerError as e:
-                    raise TeacherError(str(e)) from e
-                return openai_client(self.server.base_url, "local-no-key", tc.timeout_s)
-            where = f"local llama.cpp server ({tc.model})"
-        else:
-            def connect():
-                return openai_client(tc.base_url, api_key_from_env(tc.api_key_env), tc.timeout_s)
-            where = f"teacher at {tc.base_url} ({tc.model})"
-        self.teacher = Teacher(settings, run, stage, connect, describe=where)
-
-    def __enter__(self) -> Teacher:
-        return self.teacher
-
-    def __exit__(self, *exc) -> None:
-        self.teacher.close()
-        if self.server:
-            self.server.stop()
-
-
-__all__ = ["Request", "Reply", "Teacher", "TeacherSettings", "TeacherError", "TeacherUnavailable",
-           "BudgetExceeded", "LlamaServer", "free_port", "open_teacher"]
+__all__ = ["Request", "Reply", "Teacher", "TeacherSettings", "TeacherError", "TeacherUnavailable", "BudgetExceeded"]

@@ -22,7 +22,8 @@ from . import chat
 from .chat import load_tokenizer
 from .config import LoraCfg, TrainCfg
 from .precision import amp_flags, compute_dtype, dtype_name, release_memory, trained_in
-from .runs import atomic_write_json, record_path, sha256_path
+from .runs import record_path
+from .files import atomic_write_json, sha256_path
 
 log = logging.getLogger(__name__)
 MICRO_BATCH_CPU = 4  # per-device batch on the CPU; the rest of the batch is gradient accumulation

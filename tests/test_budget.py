@@ -8,7 +8,7 @@ import mteb
 import pytest
 
 from speed_utils import budget, cost
-from speed_utils.config import ConfigError, load_profile
+from speed_utils.profiles import ConfigError, load_profile
 
 
 def test_task_tokens_count_every_character_mteb_lists():

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from speed_utils.config import ConfigError, list_profiles, load_profile
+from speed_utils.profiles import ConfigError, list_profiles, load_profile
 
 
 def write(tmp_path: Path, name: str, data: dict) -> Path:

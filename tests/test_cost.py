@@ -2,8 +2,8 @@
 import pytest
 
 from speed_utils import cost
-from speed_utils.config import load_profile
-from speed_utils.runs import write_jsonl
+from speed_utils.profiles import load_profile
+from speed_utils.files import write_jsonl
 
 
 def row(stage, tag, p, c, hit=False):

@@ -136,7 +136,7 @@ def test_the_shuffled_control_gives_every_row_another_rows_positive():
 
 
 def test_a_sweeps_seed_is_the_trainings_seed():
-    from speed_utils.config import load_profile
+    from speed_utils.profiles import load_profile
 
     cfg = load_profile("smoke")
     assert embed.training_seed(cfg) == cfg.run.seed

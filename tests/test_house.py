@@ -134,6 +134,17 @@ def test_the_package_has_no_import_cycle():
     assert import_cycles() == []
 
 
+MAX_MODULE_LINES = 400  # issue 18 and 34: past it, a module holds more than one concern
+
+
+def test_no_module_is_over_400_lines():
+    """Issue 34: split where concerns part (config -> profiles, runs -> files, teacher -> teacher_endpoint,
+    assets -> llama_converters); this keeps it so."""
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert long == {}
+
+
 def test_stage_kernels_write_an_adapters_config_in_one_order():
     """PEFT keeps target_modules as a set, written in the set's order; under the kernels' environment
     (a fixed hash seed) every process orders such a set alike, so a rerun's adapter folder hashes as the

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from speed_utils import align
-from speed_utils.runs import read_jsonl
+from speed_utils.files import read_jsonl
 
 OUTPUTS = ["alpha", "bravo", "charlie"]  # each root list holds these three outputs, in this order
 
@@ -82,7 +82,7 @@ def test_a_list_with_an_unparsed_order_keeps_no_pair():
 
 @pytest.mark.parametrize("profile,judge,per_list", [("cpu", "calibrated", 3), ("smoke", "orders", 1), ("paper", "orders", 1)])
 def test_profiles_choose_their_judge(profile, judge, per_list):
-    from speed_utils.config import load_profile
+    from speed_utils.profiles import load_profile
 
     senior = load_profile(profile).senior
     assert (senior.judge, senior.judgements_per_list) == (judge, per_list)
@@ -90,7 +90,7 @@ def test_profiles_choose_their_judge(profile, judge, per_list):
 
 def test_no_surviving_pair_leaves_the_senior_as_the_junior(smoke_cfg, run_paths):
     """DPO on an empty set is the identity: the senior adapter is the junior's, and the result says why."""
-    from speed_utils.runs import write_jsonl, sha256_path
+    from speed_utils.files import write_jsonl, sha256_path
 
     junior = run_paths.adapters / "junior"
     junior.mkdir(parents=True)

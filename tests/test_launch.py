@@ -5,8 +5,9 @@ import pytest
 import yaml
 
 from speed_utils import launch
-from speed_utils.config import load_profile
-from speed_utils.runs import RunPaths, write_jsonl
+from speed_utils.profiles import load_profile
+from speed_utils.runs import RunPaths
+from speed_utils.files import write_jsonl
 
 
 def test_paper_commands_split_generators_and_embedder():

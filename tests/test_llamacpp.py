@@ -6,7 +6,8 @@ import pytest
 
 from speed_utils import assets
 from speed_utils.schema import json_schema, parse_json, response_format
-from speed_utils.teacher import LlamaServer, Request
+from speed_utils.teacher import Request
+from speed_utils.llama_server import LlamaServer
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +45,7 @@ def test_server_that_cannot_load_says_so(tmp_path, run_paths):
 
 def test_open_teacher_server_survives_between_batches(smoke_cfg, run_paths):
     """The lazily started server (started from a worker thread) serves a second map() too."""
-    from speed_utils.teacher import open_teacher
+    from speed_utils.teacher_endpoint import open_teacher
 
     with open_teacher(smoke_cfg, run_paths, "test") as t:
         first = t.map([Request.chat(f"Say a number. ({i})", max_tokens=8, seed=i) for i in range(2)])

@@ -81,11 +81,11 @@ def test_served_adapter_matches_the_peft_model(base, adapter, tmp_path):
 
 CONVERT_HERE = """
 import logging, sys
-from speed_utils import assets, gguf_lora
+from speed_utils import assets, gguf_lora, llama_converters
 import torch, transformers  # as in a stage's kernel
 root = logging.getLogger()
 before = (root.handlers[:], root.level)
-assert gguf_lora._bundled_gguf_importable(assets.llama_cpp_converters())
+assert gguf_lora._bundled_gguf_importable(llama_converters.llama_cpp_converters())
 gguf_lora._convert_lora_in_process(sys.argv[1:], "here")
 assert (root.handlers, root.level) == before, "the converter's logging set-up was left behind"
 try:

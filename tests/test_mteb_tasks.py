@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from speed_utils import mteb_tasks, preflight
-from speed_utils.config import MTEB_LOCAL_ENV, ConfigError, load_profile
+from speed_utils.config import MTEB_LOCAL_ENV
+from speed_utils.profiles import ConfigError, load_profile
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mteb_local"
 

@@ -18,7 +18,7 @@ import yaml
 from speed_utils import registry, runner
 from speed_utils.config import MTEB_LOCAL_ENV
 from speed_utils.paths import REPO_ROOT
-from speed_utils.runs import read_jsonl
+from speed_utils.files import read_jsonl
 from speed_utils.schema import parse_example
 from tally import FLOW
 

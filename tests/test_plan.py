@@ -2,7 +2,7 @@
 import pytest
 
 from speed_utils import plan
-from speed_utils.config import load_profile
+from speed_utils.profiles import load_profile
 
 GB = 1e9
 

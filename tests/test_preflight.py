@@ -113,7 +113,7 @@ def test_the_qlora_check_names_each_key_and_its_file(tmp_path, monkeypatch):
     import torch
 
     from speed_utils import preflight
-    from speed_utils.config import load_profile
+    from speed_utils.profiles import load_profile
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU's answer, on any machine
     prof = tmp_path / "q.yaml"
@@ -125,7 +125,7 @@ def test_the_qlora_check_names_each_key_and_its_file(tmp_path, monkeypatch):
 
 def test_a_profile_that_synthesizes_on_ray_needs_ray_installed(tmp_path, monkeypatch):
     from speed_utils import preflight, scale
-    from speed_utils.config import load_profile
+    from speed_utils.profiles import load_profile
 
     prof = tmp_path / "r.yaml"
     prof.write_text(yaml.safe_dump({"extends": "smoke", "distributed": {"synthesis": "ray"}}))
@@ -139,7 +139,7 @@ def test_a_teacher_model_the_endpoint_does_not_serve_is_refused(tmp_path, monkey
     """issue 33: every call would fail on it, so the pre-flight refuses the run (it used to warn)."""
     from fakes import FakeTeacher
 
-    from speed_utils.config import load_profile
+    from speed_utils.profiles import load_profile
     from speed_utils.preflight import check_teacher
 
     monkeypatch.setenv("SPEED_TEST_TEACHER_KEY", "k")
@@ -191,7 +191,7 @@ def test_a_driver_older_than_torchs_cuda_is_named_with_the_way_out(tmp_path, mon
     import torch
 
     from speed_utils import preflight
-    from speed_utils.config import load_profile
+    from speed_utils.profiles import load_profile
 
     fake_nvidia_smi(tmp_path, monkeypatch, "12.4")
     monkeypatch.setattr(torch.version, "cuda", "13.0")
@@ -222,7 +222,7 @@ def test_a_profile_that_needs_vllm_without_its_environment_is_refused(tmp_path, 
     import torch
 
     from speed_utils import preflight, vllm_worker
-    from speed_utils.config import load_profile
+    from speed_utils.profiles import load_profile
 
     monkeypatch.setattr(vllm_worker, "available", lambda: False)
     assert preflight.check_generation(load_profile("gpu-24gb")) == []  # here: no CUDA, so auto is not vLLM

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from speed_utils import cli, registry, runner, sweep_spec, sweeps
 from speed_utils.paths import REPO_ROOT
 from tally import TALLIES
-from speed_utils.config import ConfigError, load_profile
-from speed_utils.runs import RunLock, RunLocked, RunPaths, append_jsonl, update_manifest, write_jsonl
+from speed_utils.profiles import ConfigError, load_profile
+from speed_utils.runs import RunLock, RunLocked, RunPaths, update_manifest
+from speed_utils.files import append_jsonl, write_jsonl
 
 SMOKE = load_profile("smoke").model_dump(mode="json")
 # (dotted key, a bad value, words the error must contain)

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from speed_utils.runs import append_jsonl, atomic_write_json, read_jsonl, sha256_path, update_manifest, write_jsonl
+from speed_utils.runs import update_manifest
+from speed_utils.files import append_jsonl, atomic_write_json, read_jsonl, sha256_path, write_jsonl
 
 
 def test_cut_tail_is_skipped_then_repaired(tmp_path):
@@ -44,7 +45,7 @@ def test_atomic_write_gives_the_usual_file_mode(tmp_path):
     import os
     import stat
 
-    from speed_utils.runs import atomic_write_text
+    from speed_utils.files import atomic_write_text
 
     atomic_write_text(tmp_path / "a.json", "{}")
     umask = os.umask(0)
@@ -60,7 +61,7 @@ def test_manifest_records_rows_and_hash(run_paths):
 
 
 def test_remove_takes_links_not_their_targets(tmp_path):
-    from speed_utils.runs import remove
+    from speed_utils.files import remove
 
     donor = tmp_path / "donor"
     (donor / "sub").mkdir(parents=True)

@@ -17,9 +17,10 @@ import yaml
 from conftest import random_adapter
 
 from speed_utils import assets, scale, synthesis
-from speed_utils.config import load_profile
+from speed_utils.profiles import load_profile
 from speed_utils.gguf_lora import adapter_to_gguf
-from speed_utils.runs import RunPaths, write_jsonl
+from speed_utils.runs import RunPaths
+from speed_utils.files import write_jsonl
 
 pytestmark = pytest.mark.skipif(not scale.available(), reason="Ray is not installed (.[scale])")
 

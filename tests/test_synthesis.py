@@ -13,8 +13,9 @@ import yaml
 from conftest import random_adapter
 
 from speed_utils import synthesis
-from speed_utils.config import load_profile
-from speed_utils.runs import RunPaths, read_jsonl, write_jsonl
+from speed_utils.profiles import load_profile
+from speed_utils.runs import RunPaths
+from speed_utils.files import read_jsonl, write_jsonl
 from speed_utils.synthesis import Shard
 
 pytestmark = pytest.mark.slow
@@ -86,7 +87,7 @@ def test_two_shards_merged_equal_one_unsharded_run(tmp_path, tiny_lm, adapters):
 KILL_SCRIPT = """
 import sys
 from speed_utils import synthesis
-from speed_utils.config import load_profile
+from speed_utils.profiles import load_profile
 from speed_utils.runs import RunPaths
 synthesis.make_chunks(load_profile(sys.argv[1]), RunPaths(__import__("pathlib").Path(sys.argv[2])), base_model=sys.argv[3])
 """

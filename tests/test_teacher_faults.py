@@ -5,10 +5,10 @@ import time
 import pytest
 
 from fakes import INJECTED, FakeTeacher
-from speed_utils.runs import read_jsonl
+from speed_utils.files import read_jsonl
 from speed_utils.cost import total as ledger_usage, usage
-from speed_utils.teacher import (BudgetExceeded, Request, Teacher, TeacherError, TeacherSettings, TeacherUnavailable,
-                                 free_port)
+from speed_utils.teacher import BudgetExceeded, Request, Teacher, TeacherError, TeacherSettings, TeacherUnavailable
+from speed_utils.llama_server import free_port
 from speed_utils.teacher_data import seed_examples
 
 VALID_STS = json.dumps({"S1": "a cat sleeps", "S2": "a cat is asleep", "S3": "a dog barks"})
@@ -81,7 +81,7 @@ def test_failed_connect_is_reported_once_not_per_request(run_paths):
 
 
 def test_missing_api_key_names_the_variable(smoke_cfg, run_paths, monkeypatch):
-    from speed_utils.teacher import open_teacher
+    from speed_utils.teacher_endpoint import open_teacher
 
     monkeypatch.delenv("SPEED_TEST_KEY", raising=False)
     tc = smoke_cfg.teacher.model_copy(update={"backend": "openai", "base_url": "http://127.0.0.1:9/v1",
@@ -155,7 +155,7 @@ def test_budget_guard_stops_and_keeps_work(make_teacher):
 
 def test_malformed_teacher_json_becomes_counted_reject(smoke_cfg, run_paths, make_teacher):
     """Seed stage on scripted replies: broken JSON, truncation and wrong schema are counted rejects."""
-    from speed_utils.runs import write_jsonl
+    from speed_utils.files import write_jsonl
     write_jsonl(run_paths.data / "tasks.jsonl", [
         {"id": "s0", "task_type": "sts", "task": "Retrieve semantically similar text.", "topic": "Arts/Movies"}])
     cfg = smoke_cfg.model_copy(update={"seed": smoke_cfg.seed.model_copy(update={"n_examples": 4})})

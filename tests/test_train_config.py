@@ -5,7 +5,7 @@ import pytest
 from trl import DPOConfig, SFTConfig
 
 from speed_utils import train
-from speed_utils.config import load_profile
+from speed_utils.profiles import load_profile
 
 PAPER_LR_BATCH = {"junior": (1e-4, 16), "senior": (1e-5, 16), "revisor": (5e-6, 24)}
 

@@ -9,7 +9,7 @@ from conftest import Snapshot, random_adapter
 from speed_utils.config import JuniorCfg, LoraCfg, SeniorCfg
 from speed_utils import align
 from speed_utils.generate import GenRequest, Generator
-from speed_utils.runs import write_jsonl
+from speed_utils.files import write_jsonl
 from speed_utils.train import batch_plan, dpo, quant_config, sft
 
 pytestmark = pytest.mark.slow

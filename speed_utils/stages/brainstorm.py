@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..registry import StageContext, StageResult
-from ..teacher import open_teacher
+from ..teacher_endpoint import open_teacher
 from ..teacher_data import brainstorm_tasks
 
 

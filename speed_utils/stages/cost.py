@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import cost, results
 from ..registry import StageContext, StageResult
-from ..runs import atomic_write_json
+from ..files import atomic_write_json
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .. import environment, preflight
-from ..config import profile_path
+from ..profiles import profile_path
 from ..registry import StageContext, StageResult
 
 

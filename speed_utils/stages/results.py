@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .. import results
 from ..registry import StageContext, StageResult
-from ..runs import atomic_write_json
+from ..files import atomic_write_json
 
 
 def run(ctx: StageContext) -> StageResult:

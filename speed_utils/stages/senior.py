@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import align, launch
 from ..registry import StageContext, StageResult
-from ..teacher import open_teacher
+from ..teacher_endpoint import open_teacher
 
 
 def run(ctx: StageContext) -> StageResult:
