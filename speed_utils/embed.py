@@ -198,9 +198,9 @@ def warmup_steps(ec: EmbedderCfg, n_rows: int, devices: int = 1) -> int:
 
 
 def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, seed: int = 0,
-          lora: bool = True, lr: float | None = None, callbacks: list | None = None,
-          rebuild: Callable | None = None) -> EmbedResult:
-    """Train ``st`` on (instruction, query, positive, negative) rows and save it to ``out_dir``.
+          lora: bool = True, callbacks: list | None = None, rebuild: Callable | None = None) -> EmbedResult:
+    """Train ``st`` on (instruction, query, positive, negative) rows and save it to ``out_dir``, with the
+    settings of ``ec`` (SPEED §3.3: InfoNCE with in-batch and hard negatives), its ``lr`` included.
 
     ``rebuild`` makes a fresh full-precision copy of the untrained model; it is needed where the LoRA
     weights cannot be merged in place (several processes with sharded weights, or a 4-bit base)."""
@@ -216,7 +216,7 @@ def train(st, rows: Sequence[dict], out_dir: Path, ec: EmbedderCfg, name: str, s
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out_dir.with_name(out_dir.name + ".trainer")),
         per_device_train_batch_size=per_device_batch(ec, devices()),
-        num_train_epochs=ec.epochs, max_steps=ec.max_steps or -1, learning_rate=lr or ec.lr, warmup_steps=warmup_steps(ec, len(rows), devices()),
+        num_train_epochs=ec.epochs, max_steps=ec.max_steps or -1, learning_rate=ec.lr, warmup_steps=warmup_steps(ec, len(rows), devices()),
         weight_decay=ec.weight_decay, lr_scheduler_type="linear", seed=seed, data_seed=seed,
         batch_sampler=BatchSamplers.NO_DUPLICATES, multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL,
         **amp_flags(on_gpu), use_cpu=not on_gpu, gradient_checkpointing=ec.gradient_checkpointing,
@@ -323,8 +323,9 @@ def train_stage(cfg: Config, run: RunPaths) -> dict:
             continue
         print(f"training {name} on {len(rows)} examples -> models/{folder}", flush=True)
         st, lora, rebuild = load_for_training(name, ec.max_length, ec.qlora, online)
-        out[folder] = {**train(st, rows, run.models / folder, ec, name=name, seed=seed, lora=lora,
-                               lr=lr, rebuild=rebuild).to_dict(), "lora": lora}
+        job = ec if lr == ec.lr else ec.model_copy(update={"lr": lr})  # the baseline trains at baseline_lr
+        out[folder] = {**train(st, rows, run.models / folder, job, name=name, seed=seed, lora=lora,
+                               rebuild=rebuild).to_dict(), "lora": lora}
         record_training(run.models / folder, key, out[folder])
         del st
         release_memory()

@@ -4,9 +4,10 @@ The stage notebooks call :func:`train`. With ``distributed.launcher: python`` (t
 trainer runs in the notebook's own process. With ``accelerate`` the notebook starts
 
     accelerate launch --config_file params/accelerate/deepspeed_zero3.yaml --num_processes 8 \\
-        --num_machines 2 -m speed_utils.launch junior --profile paper --run-dir results/runs/paper
+        --num_machines 2 -m speed_utils.launch junior --run-dir results/runs/paper
 
-and reads back the result that rank 0 wrote. trl and sentence-transformers pick the process group up
+and reads back the result that rank 0 wrote. Every launched process reads the run's ``config.yaml``
+(:func:`~speed_utils.profiles.load_run_config`), the config the stage itself runs with, not the profile. trl and sentence-transformers pick the process group up
 from the environment accelerate sets, so the trainers need no change. On several nodes, start the
 same command on each with ``--machine_rank`` (see README, "Scaling out").
 
@@ -24,12 +25,11 @@ from pathlib import Path
 
 from . import align, embed
 from .config import resolve_path
-from .profiles import Config
-from .profiles import load_profile
+from .files import atomic_write_json, atomic_write_text
+from .profiles import Config, load_run_config
 from .embed import per_device_batch
 from .paths import REPO_ROOT
 from .runs import RunPaths
-from .files import atomic_write_json
 from .train import batch_plan
 
 STAGES = ("junior", "senior", "revisor", "embedder")
@@ -48,17 +48,17 @@ def result_path(run: RunPaths, stage: str) -> Path:
     return run.root / "logs" / f"launch-{stage}.result.json"
 
 
-def command(cfg: Config, stage: str, profile: str | Path, run_dir: str | Path) -> list[str]:
-    """The ``accelerate launch`` command line for one training stage of a profile."""
+def command(cfg: Config, stage: str, run_dir: str | Path) -> list[str]:
+    """The ``accelerate launch`` command line for one training stage of a run."""
 
     d = cfg.distributed
     procs, machines = d.processes(stage)
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(resolve_path(d.accelerate_config)),
             "--num_processes", str(procs), "--num_machines", str(machines),
-            "-m", "speed_utils.launch", stage, "--profile", str(profile), "--run-dir", str(run_dir)]
+            "-m", "speed_utils.launch", stage, "--run-dir", str(run_dir)]
 
 
-def train(stage: str, cfg: Config, run: RunPaths, profile: str | Path) -> dict:
+def train(stage: str, cfg: Config, run: RunPaths) -> dict:
     """Run one training stage in this process or through accelerate; return its result as a dict."""
     if stage not in STAGES:
         raise ValueError(f"unknown training stage {stage!r}; one of {', '.join(STAGES)}")
@@ -66,7 +66,9 @@ def train(stage: str, cfg: Config, run: RunPaths, profile: str | Path) -> dict:
         return _as_dict(_trainer(stage)(cfg, run))
     out = result_path(run, stage)
     out.unlink(missing_ok=True)
-    cmd = command(cfg, stage, profile, run.root)
+    if not run.config.exists():  # a training called outside a stage: the launched processes read this
+        atomic_write_text(run.config, cfg.to_yaml())
+    cmd = command(cfg, stage, run.root)
     print("launching:", " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     if proc.returncode != 0 or not out.exists():
@@ -97,11 +99,10 @@ def batch_arithmetic(cfg: Config) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m speed_utils.launch", description=__doc__.splitlines()[0])
     ap.add_argument("stage", choices=STAGES)
-    ap.add_argument("--profile", required=True)
     ap.add_argument("--run-dir", required=True, type=Path)
     a = ap.parse_args(argv)
-    cfg = load_profile(a.profile)
     run = RunPaths(a.run_dir.resolve())
+    cfg = load_run_config(run.config)
     result = _as_dict(_trainer(a.stage)(cfg, run))
     if int(os.environ.get("RANK", "0")) == 0:
         atomic_write_json(result_path(run, a.stage), result)

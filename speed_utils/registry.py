@@ -22,7 +22,7 @@ from typing import Callable
 from .config import resolve_path
 from .profiles import Config
 from .profiles import load_profile, load_run_config
-from .runs import FILES, RunLock, RunPaths, read_manifest, update_manifest, versions
+from .runs import FILES, RunLock, RunPaths, read_manifest, runner_holds, update_manifest, versions
 from .files import atomic_write_json, atomic_write_text, sha256_path
 
 
@@ -142,11 +142,16 @@ def refuse_secret_parameters() -> None:
 
 def frozen_config(run: RunPaths, profile: str | Path) -> Config:
     """The run's config: ``config.yaml``, written once by the runner when a run starts (or by the first
-    stage run by hand). A profile that has changed since is refused, not mixed in."""
+    stage run by hand), and read through :func:`~speed_utils.profiles.load_run_config`, as every stage
+    and launched training reads it. Under the runner, which wrote it from the profile moments before,
+    that is the one parse; a notebook run by hand also loads the profile, and one that has changed
+    since the run started is refused, not mixed in."""
+    if runner_holds(run.root) and run.config.exists():
+        return load_run_config(run.config)
     cfg = load_profile(profile)
     if not run.config.exists():
         atomic_write_text(run.config, cfg.to_yaml())
-        return cfg
+        return load_run_config(run.config)
     frozen = load_run_config(run.config)
     if frozen.section_hash() != cfg.section_hash():
         raise StageError(f"{run.config} (config hash {frozen.section_hash()}) is not profile {profile} as it is "

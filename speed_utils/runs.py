@@ -138,6 +138,11 @@ def update_manifest(run: RunPaths, stage: int, outputs: Iterable[Path]) -> dict:
 LOCK_ENV = "SPEED_REPRO_LOCKED_RUN"  # set by the runner for its stage kernels: the lock is already held
 
 
+def runner_holds(root: Path) -> bool:
+    """Whether this process runs under a runner that holds ``root``'s lock (and wrote its ``config.yaml``)."""
+    return os.environ.get(LOCK_ENV) == str(Path(root).resolve())
+
+
 class RunLocked(RuntimeError):
     """Another process holds the run folder's lock."""
 
@@ -158,7 +163,7 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         key = str(self.root.resolve())
-        if os.environ.get(LOCK_ENV) == key:
+        if runner_holds(self.root):
             return self  # our runner holds it for us
         if key in RunLock._held:  # e.g. a notebook's first cell run again after an error
             return RunLock._held[key]

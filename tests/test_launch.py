@@ -12,12 +12,12 @@ from speed_utils.files import write_jsonl
 
 def test_paper_commands_split_generators_and_embedder():
     cfg = load_profile("paper")
-    junior = launch.command(cfg, "junior", "paper", "/runs/p")
-    emb = launch.command(cfg, "embedder", "paper", "/runs/p")
+    junior = launch.command(cfg, "junior", "/runs/p")
+    emb = launch.command(cfg, "embedder", "/runs/p")
     assert junior[junior.index("--num_processes") + 1] == "8" and junior[junior.index("--num_machines") + 1] == "1"
     assert emb[emb.index("--num_processes") + 1] == "16" and emb[emb.index("--num_machines") + 1] == "2"
     assert emb[emb.index("--config_file") + 1].endswith("params/accelerate/deepspeed_zero3.yaml")
-    assert emb[-6:] == ["speed_utils.launch", "embedder", "--profile", "paper", "--run-dir", "/runs/p"]
+    assert emb[-4:] == ["speed_utils.launch", "embedder", "--run-dir", "/runs/p"]  # it reads the run's config.yaml
 
 
 def test_paper_batch_arithmetic_reaches_the_papers_batches():
@@ -48,7 +48,7 @@ def test_junior_sft_through_accelerate_launch_on_the_cpu(tmp_path):
     run = RunPaths(tmp_path / "run").make()
     write_jsonl(run.data / "seed.jsonl", [{"prompt": f"Write item {i} as JSON.", "output": {"S1": "a", "S2": "b", "S3": f"{i}"}}
                                           for i in range(4)])
-    result = launch.train("junior", cfg, run, prof)
+    result = launch.train("junior", cfg, run)
     assert result["steps"] == 2 and result["path"] == "lora" and result["losses"]
     assert (run.adapters / "junior" / "adapter_config.json").exists()
     assert json.loads(launch.result_path(run, "junior").read_text()) == result

@@ -321,3 +321,22 @@ def test_a_forced_stage_forgets_its_finished_trainings(tmp_path):
     for rel in ("models/embedder", "models/baseline"):
         assert trained_before(run.root / rel, "key") is None and not record_path(run.root / rel).exists()
     assert trained_before(run.root / "adapters/junior", "key") == {"steps": 1}
+
+
+def test_a_stage_reads_the_runs_config_once_under_the_runner_and_checks_the_profile_by_hand(tmp_path, monkeypatch):
+    """Issue 34: under the runner (which wrote config.yaml from the profile as the run started) a stage reads
+    config.yaml alone, never the profile; by hand it loads the profile too and refuses one changed since."""
+    from speed_utils import profiles
+    from speed_utils.runs import LOCK_ENV
+
+    prof = tmp_path / "p.yaml"
+    prof.write_text(yaml.safe_dump({"extends": "smoke", "embedder": {"lr": 3.0e-4}}))
+    run = RunPaths(tmp_path / "run").make()
+    assert registry.frozen_config(run, prof).embedder.lr == 3.0e-4  # the first stage by hand writes config.yaml
+    prof.write_text(yaml.safe_dump({"extends": "smoke", "embedder": {"lr": 5.0e-4}}))
+    with pytest.raises(registry.StageError, match="the profile changed after this run started"):
+        registry.frozen_config(run, prof)
+    monkeypatch.setenv(LOCK_ENV, str(run.root.resolve()))
+    monkeypatch.setattr(profiles, "load_profile", lambda p: pytest.fail("parsed the profile under the runner"))
+    monkeypatch.setattr(registry, "load_profile", lambda p: pytest.fail("parsed the profile under the runner"))
+    assert registry.frozen_config(run, prof).embedder.lr == 3.0e-4  # the run's config, as the runner wrote it

@@ -7,5 +7,5 @@ from ..registry import StageContext, StageResult
 
 def run(ctx: StageContext) -> StageResult:
     print(launch.batch_arithmetic(ctx.cfg)["junior"])
-    result = launch.train("junior", ctx.cfg, ctx.run, ctx.profile)  # in this process, or accelerate launch
+    result = launch.train("junior", ctx.cfg, ctx.run)  # in this process, or accelerate launch
     return StageResult({**result, "base": ctx.cfg.models.generator}, {"training": result})

@@ -12,7 +12,7 @@ def run(ctx: StageContext) -> StageResult:
         revised = align.revise_root(ctx.cfg, ctx.run, teacher)
         revised["teacher"] = teacher.summary()
     print(launch.batch_arithmetic(ctx.cfg)["revisor"])
-    result = launch.train("revisor", ctx.cfg, ctx.run, ctx.profile)  # in this process, or accelerate launch
+    result = launch.train("revisor", ctx.cfg, ctx.run)  # in this process, or accelerate launch
     with open_teacher(ctx.cfg, ctx.run, ctx.name) as teacher:
         quality = align.quality_check(ctx.cfg, ctx.run, teacher)
     return StageResult({"revisions": revised, **result, "quality": quality, "base": ctx.cfg.models.generator},

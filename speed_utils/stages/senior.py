@@ -13,6 +13,6 @@ def run(ctx: StageContext) -> StageResult:
         judged = align.judge_root(ctx.cfg, ctx.run, teacher, root)
         judged["teacher"] = teacher.summary()
     print(launch.batch_arithmetic(ctx.cfg)["senior"])
-    result = launch.train("senior", ctx.cfg, ctx.run, ctx.profile)  # in this process, or accelerate launch
+    result = launch.train("senior", ctx.cfg, ctx.run)  # in this process, or accelerate launch
     return StageResult({"judgements": judged, **result, "base": ctx.cfg.models.generator},
                        {"judgements": judged, "training": result})
