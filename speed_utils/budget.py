@@ -16,9 +16,8 @@ from pathlib import Path
 import yaml
 
 from . import mteb_tasks, precision
-from .config import resolve_path
-from .profiles import Config
-from .profiles import ConfigError, lineage, merge_dicts
+from .paths import PARAMS_DIR
+from .profiles import Config, ConfigError, lineage, merge_dicts
 from .cost import estimate as teacher_plan
 from .sweep_spec import SWEEP_KINDS, load_sweep
 
@@ -52,7 +51,7 @@ def rates_for(cfg: Config, gpu: str | None = None) -> dict:
     if gpu:
         raise ConfigError(f"--gpu {gpu}: no params/rates-*.yaml of profile {cfg.name} or those it extends "
                           "lists rates per GPU")
-    rates = yaml.safe_load(resolve_path("params/rates-cpu.yaml").read_text())
+    rates = yaml.safe_load(PARAMS_DIR / "rates-cpu.yaml".read_text())
     return {**rates, "machine": f"{rates['machine']} (no params/rates-{cfg.name}.yaml: the cpu machine's rates, "
                                 f"not this profile's hardware)"}
 
@@ -70,7 +69,7 @@ def _same_models(cfg: Config, rates: dict) -> dict:
 
 def _rates_file(cfg: Config) -> Path | None:
     """``params/rates-<name>.yaml`` of the profile or of the nearest profile it extends."""
-    return next((p for p in (resolve_path(f"params/rates-{name}.yaml") for name in lineage(cfg.name)) if p.is_file()), None)
+    return next((p for p in (PARAMS_DIR / f"rates-{name}.yaml" for name in lineage(cfg.name)) if p.is_file()), None)
 
 
 def gpus_for(cfg: Config) -> list[str]:

@@ -19,11 +19,11 @@ import yaml
 
 from .config import resolve_path
 from .profiles import Config
-from .paths import REPO_ROOT
+from .paths import PARAMS_DIR
 from .prompts import brainstorm_prompt, generation_prompt, judge_prompt, revision_prompt, sample_topics
 from .files import read_jsonl
 
-PRICES = REPO_ROOT / "params" / "prices.yaml"
+PRICES = PARAMS_DIR / "prices.yaml"
 # What the teacher is asked for: each request carries its kind (teacher.Request.kind) into the ledger.
 Kind = Literal["brainstorm", "seed", "judge", "revision", "quality"]
 KINDS: tuple[str, ...] = get_args(Kind)

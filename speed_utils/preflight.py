@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import assets, mteb_tasks, plan
-from .profiles import Config
-from .profiles import ConfigError, key_owner
+from .profiles import Config, ConfigError, key_owner
 from .teacher_endpoint import openai_client
 
 

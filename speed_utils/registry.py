@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import resolve_path
-from .profiles import Config
-from .profiles import load_profile, load_run_config
+from .profiles import Config, load_profile, load_run_config
 from .runs import FILES, RunLock, RunPaths, read_manifest, runner_holds, update_manifest, versions
 from .files import atomic_write_json, atomic_write_text, sha256_path
 

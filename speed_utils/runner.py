@@ -20,8 +20,7 @@ from typing import Sequence
 from . import mteb_tasks, preflight, report
 from .budget import estimate as wall_time, in_words, rates_for, slower_here
 from .config import MTEB_LOCAL_ENV
-from .profiles import Config
-from .profiles import load_profile, profile_path
+from .profiles import Config, load_profile, profile_path
 from .cost import STAGE_OF, estimate as teacher_plan
 from .paths import NOTEBOOKS_DIR
 from .adoption import adopt_run

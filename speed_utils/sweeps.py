@@ -16,8 +16,7 @@ from typing import Sequence
 import yaml
 
 from .adoption import adopt_stages
-from .profiles import Config
-from .profiles import load_profile, merge_dicts
+from .profiles import Config, load_profile, merge_dicts
 from .paths import RESULTS_DIR
 from .registry import STAGES, StageError
 from .runner import run

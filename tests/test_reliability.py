@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from speed_utils import cli, registry, runner, sweep_spec, sweeps
 from speed_utils.paths import REPO_ROOT
