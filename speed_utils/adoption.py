@@ -6,10 +6,10 @@ import json
 import os
 from pathlib import Path
 
+from .files import atomic_write_json, read_jsonl, remove, sha256_path, write_jsonl
 from .profiles import Config
 from .registry import STAGES, expected_marker, marker_matches
 from .runs import RunPaths, read_manifest
-from .files import atomic_write_json, read_jsonl, remove, sha256_path, write_jsonl
 
 
 def adopt_stages(run_paths: RunPaths, cfg: Config, donors: list[RunPaths], until: int, log=print) -> list[int]:

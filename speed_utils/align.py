@@ -10,21 +10,32 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 from . import assets, data_quality
-from .profiles import Config
+from .embed import encoder_embedder
+from .files import read_jsonl, write_jsonl
 from .generate import GenRequest, base_model, open_generator
+from .judge import JUDGE_MAX_TOKENS, calibrated_root
+from .profiles import Config
 from .prompts import Prompt, judge_prompt, revision_prompt
 from .runs import RunPaths
-from .files import read_jsonl, write_jsonl
-from .schema import (REVISION_FIELD_CHARS, generator_schema, parse_example, parse_json, parse_judgement, parse_revision,
-                     response_format, revision_schema)
+from .schema import (
+    REVISION_FIELD_CHARS,
+    generator_schema,
+    parse_example,
+    parse_json,
+    parse_judgement,
+    parse_revision,
+    response_format,
+    revision_schema,
+)
 from .stats import wilson
 from .teacher import Teacher
-from .judge import JUDGE_MAX_TOKENS, calibrated_root
 from .teacher_data import Deterministic, ask_teacher, seed_prompts
 from .train import TrainResult, dpo, sft
 
@@ -171,8 +182,6 @@ def train_senior(cfg: Config, run: RunPaths) -> TrainResult:
 
 def unchanged_junior(run: RunPaths, why: str) -> TrainResult:
     """The senior adapter as a copy of the junior's (written whole, then renamed into place)."""
-    import shutil
-    import time
 
     t0 = time.monotonic()
     out, tmp = run.file("senior"), run.adapters / "senior.part"
@@ -278,7 +287,6 @@ def quality_rules(cfg: Config, prompts: list[Prompt], outputs: dict[str, list[st
     profile's baseline embedder (MiniLM) as the reference encoder that ranks positives above hard negatives."""
     encode = None
     if cfg.models.baseline_embedder:
-        from .embed import encoder_embedder
 
         model = encoder_embedder(assets.st_folder(cfg.models.baseline_embedder, online=cfg.use_hub()))
         encode = lambda texts: model.encode(texts, convert_to_numpy=True)  # noqa: E731

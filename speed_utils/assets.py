@@ -25,6 +25,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from platformdirs import user_cache_dir
 
@@ -181,7 +182,6 @@ def hub_reachable(timeout: float = 2.0) -> bool:
 
 @functools.lru_cache(maxsize=4)
 def _probe_hub(endpoint: str, timeout: float) -> bool:
-    from urllib.parse import urlsplit
 
     url = urlsplit(endpoint)
     try:

@@ -16,9 +16,9 @@ from pathlib import Path
 import yaml
 
 from . import mteb_tasks, precision
+from .cost import estimate as teacher_plan
 from .paths import PARAMS_DIR
 from .profiles import Config, ConfigError, lineage, merge_dicts
-from .cost import estimate as teacher_plan
 from .sweep_spec import SWEEP_KINDS, load_sweep
 
 # texts encoded per task at full size: per-task seconds of the reference cpu run's stage 08 at its

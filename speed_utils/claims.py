@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 
-from .profiles import load_run_config
-from .runs import RunPaths
+from .evaluate import STS_AVERAGE, trained_label, untrained_label
 from .files import read_jsonl
+from .profiles import load_run_config
+from .results import paper
+from .runs import RunPaths
 from .stats import Interval, SeededInterval, decide
 from .sweep_results import SHUFFLED, TEACHER
 
@@ -57,8 +59,6 @@ def sees_the_data(readout: dict) -> str:
 def claims(run: RunPaths, sweeps_intervals: dict | None = None) -> list[dict]:
     """One row per claim of the paper measured by this run and readout (the module's docstring). Reads stage
     05's quality check, stage 08's intervals, stage 10's cost and stage 11's sweep intervals."""
-    from .evaluate import STS_AVERAGE, trained_label, untrained_label
-    from .results import paper
 
     t, sw = Table(), sweeps_intervals or {}
     _quality_rows(t, _marker(run, 5).get("quality", {}))

@@ -17,18 +17,23 @@ from typing import Sequence
 
 from . import assets, preflight, scale, synthesis
 from .assets import AssetError
-from .budget import colab_line, estimate as wall_time, gpus_for, hardware_line, rates_for, table as time_table
-from .profiles import ConfigError, list_profiles, load_profile, load_run_config, profile_path
-from .cost import estimate as teacher_plan, prices, total as ledger_total, usage
+from .budget import colab_line, gpus_for, hardware_line, rates_for
+from .budget import estimate as wall_time
+from .budget import table as time_table
+from .cost import estimate as teacher_plan
+from .cost import prices, usage
+from .cost import total as ledger_total
+from .files import atomic_write_json, read_jsonl
 from .gguf_lora import ConversionError
 from .llama_server import ServerError
-from .plan import GPUS, plan, table as memory_table
+from .plan import GPUS, plan
+from .plan import table as memory_table
+from .profiles import ConfigError, list_profiles, load_profile, load_run_config, profile_path
 from .registry import PRODUCER, STAGES, StageError, marker_matches
 from .report import build as build_report
 from .runner import run
-from .sweeps import sweep
 from .runs import RunLocked, RunPaths, read_manifest, verify_files
-from .files import atomic_write_json, read_jsonl
+from .sweeps import sweep
 from .synthesis import SynthesisError
 from .teacher import TeacherError
 

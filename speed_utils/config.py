@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
@@ -85,7 +86,6 @@ class TeacherCfg(Strict):
         """The request field that caps the completion's tokens (``token_param``, resolved)."""
         if self.token_param != "auto":
             return self.token_param
-        from urllib.parse import urlsplit
 
         host = urlsplit(self.base_url or "").hostname or ""
         return "max_completion_tokens" if self.backend == "openai" and host.endswith("openai.com") else "max_tokens"

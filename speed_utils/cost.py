@@ -18,10 +18,10 @@ from typing import Iterable, Literal, get_args
 import yaml
 
 from .config import resolve_path
-from .profiles import Config
-from .paths import PARAMS_DIR
-from .prompts import brainstorm_prompt, generation_prompt, judge_prompt, revision_prompt, sample_topics
 from .files import read_jsonl
+from .paths import PARAMS_DIR
+from .profiles import Config
+from .prompts import brainstorm_prompt, generation_prompt, judge_prompt, revision_prompt, sample_topics
 
 PRICES = PARAMS_DIR / "prices.yaml"
 # What the teacher is asked for: each request carries its kind (teacher.Request.kind) into the ledger.

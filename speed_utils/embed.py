@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import shutil
 import sys
 import time
@@ -23,15 +24,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from tokenizers.processors import TemplateProcessing
+
 from . import assets, disk
 from .config import EmbedderCfg, LoraCfg
-from .profiles import Config
-from .precision import amp_flags, compute_dtype, dtype_name, release_memory, trained_in
-from .runs import RunPaths, record_path
 from .files import read_jsonl, remove
+from .precision import amp_flags, compute_dtype, dtype_name, release_memory, trained_in
+from .profiles import Config
+from .runs import RunPaths, record_path
 from .schema import to_training_example
-from .train import (cuda_available, devices, lora_config, quant_device_map, record_training, step_logger,
-                    trained_before, training_key)
+from .train import (
+    cuda_available,
+    devices,
+    lora_config,
+    quant_device_map,
+    record_training,
+    step_logger,
+    trained_before,
+    training_key,
+)
 
 # E5-mistral's instruction for MS MARCO-style search, the default query prompt of a saved model.
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -47,8 +58,6 @@ def query_text(instruction: str, query: str) -> str:
 def append_eos(tokenizer) -> None:
     """Make the tokenizer append its EOS token to every text (saved with the tokenizer), keeping the
     BOS token where the tokenizer already adds one (Mistral, LLaMA-3: E5 feeds BOS + text + EOS)."""
-    from tokenizers.processors import TemplateProcessing
-
     eos, bos = tokenizer.eos_token, tokenizer.bos_token
     ids = tokenizer("a")["input_ids"]
     keep_bos = bos is not None and tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id]
@@ -171,8 +180,10 @@ class EmbedResult:
 
 def contrastive_loss(st, ec: EmbedderCfg):
     """InfoNCE over cosine / τ with in-batch and hard negatives; GradCache when mini-batched."""
-    from sentence_transformers.sentence_transformer.losses import (CachedMultipleNegativesRankingLoss,
-                                                                   MultipleNegativesRankingLoss)
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MultipleNegativesRankingLoss,
+    )
 
     scale, gather = 1.0 / ec.temperature, devices() > 1  # several devices: every query sees every device's texts
     if ec.mini_batch_size:
@@ -266,7 +277,6 @@ def training_rows(run: RunPaths, sources: Sequence[str]) -> list[dict]:
 
 def subset(rows: list[dict], n: int | None, seed: int) -> list[dict]:
     """A seeded subset of ``n`` rows; smaller sizes are prefixes of larger ones (nested, for scaling)."""
-    import random
 
     if n is None or n >= len(rows):
         return rows
@@ -278,7 +288,6 @@ def subset(rows: list[dict], n: int | None, seed: int) -> list[dict]:
 def shuffled_positives(rows: list[dict], seed: int) -> list[dict]:
     """The floor control of issue 31: every row keeps its query and negative, and takes the positive of
     another row (a seeded cycle through the rows), so what the embedder can learn from the pairs is gone."""
-    import random
 
     if len(rows) < 2:
         return rows

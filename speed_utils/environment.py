@@ -11,11 +11,11 @@ import platform
 import psutil
 
 from . import assets
-from .generate import generation_engine
-from .profiles import Config
-from .precision import cpu_bf16_flags, dtype_name
-from .runs import RunPaths, versions
 from .files import atomic_write_json
+from .generate import generation_engine
+from .precision import cpu_bf16_flags, dtype_name
+from .profiles import Config
+from .runs import RunPaths, versions
 
 
 def hardware() -> dict:

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import assets
-from .profiles import Config
 from .embed import decoder_embedder, encoder_embedder
+from .files import atomic_write_json, sha256_path, write_jsonl
 from .mteb_tasks import NOTES, task_source, tasks_for
 from .precision import compute_dtype, dtype_name, release_memory
+from .profiles import Config
 from .runs import RunPaths, versions
-from .files import atomic_write_json, sha256_path, write_jsonl
 from .stats import average_interval, paired_interval, spearman_interval
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ def evaluate_model(encoder: InstructedEncoder, tasks: list, out_dir: Path, batch
 
     With ``predictions``, mteb also saves each task's per-pair similarities there (what the intervals of
     :func:`sts_intervals` resample); an STS task cached without them is evaluated again."""
-    import time
 
     import mteb
 

@@ -18,6 +18,7 @@ import importlib.metadata
 import importlib.util
 import json
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,13 +30,12 @@ from tqdm import tqdm
 
 from . import assets
 from .chat import load_tokenizer, user_turn
-from .profiles import Config
+from .files import append_jsonl, read_jsonl, sha256_path
 from .gguf_lora import adapter_to_gguf
 from .llama_server import LlamaServer
 from .precision import compute_dtype, dtype_name
-from .files import append_jsonl, read_jsonl, sha256_path
+from .profiles import Config
 from .vllm_worker import VllmWorker, available, lora_request, vllm_inputs
-
 
 JOURNAL_VERSION = 1  # bump when the sampling code changes what a batch's seed produces
 VLLM_CALL_ROWS = 4096  # rows per vLLM call: enough to keep a GPU's batch full, few enough to journal often
@@ -168,7 +168,6 @@ class Generator:
 
     def _start_server(self, gguf: Path | None, parallel: int, slot_ctx: int, threads: int, log_path: Path | None):
         """The GGUF base plus the adapter as a GGUF LoRA, on a loopback llama.cpp server."""
-        import tempfile
 
         if gguf is None:
             raise ValueError("the llamacpp generation backend needs the base model's GGUF file")

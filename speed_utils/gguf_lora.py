@@ -11,10 +11,14 @@ holding the adapter's sha256, so a retrained adapter is converted again and an u
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
+import runpy
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from . import llama_converters
@@ -47,9 +51,6 @@ def _convert_lora_in_process(args: list[str], what: str) -> None:
     undone afterwards and its errors (``sys.exit`` after ``logger.error``) become a :class:`ConversionError`
     carrying its log.
     """
-    import io
-    import logging
-    import runpy
 
     tools = llama_converters.llama_cpp_converters()
     root, log = logging.getLogger(), io.StringIO()
@@ -114,7 +115,6 @@ def merged_to_gguf(base_folder: str, adapter: Path, out: Path, outtype: str = "b
 
     Used by ``benchmarks/generation.py`` to compare the two ways of serving an adapter.
     """
-    import tempfile
 
     import torch
     from peft import PeftModel

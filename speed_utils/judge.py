@@ -18,10 +18,10 @@ import re
 from collections import Counter
 from typing import Sequence
 
+from .files import write_jsonl
 from .profiles import Config
 from .prompts import Prompt, judge_prompt
 from .runs import RunPaths
-from .files import write_jsonl
 from .schema import parse_judgement, response_format
 from .stats import wilson
 from .teacher import Reply, Teacher

@@ -25,10 +25,10 @@ from pathlib import Path
 
 from . import align, embed
 from .config import resolve_path
-from .files import atomic_write_json, atomic_write_text
-from .profiles import Config, load_run_config
 from .embed import per_device_batch
+from .files import atomic_write_json, atomic_write_text
 from .paths import REPO_ROOT
+from .profiles import Config, load_run_config
 from .runs import RunPaths
 from .train import batch_plan
 

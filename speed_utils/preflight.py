@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import assets, mteb_tasks, plan
+from . import assets, mteb_tasks, plan, scale, vllm_worker
 from .profiles import Config, ConfigError, key_owner
 from .teacher_endpoint import openai_client
 
@@ -143,9 +146,6 @@ def _gpu_driver() -> bool:
 
 def driver_cuda() -> tuple[int, int] | None:
     """The newest CUDA version the NVIDIA driver supports, from ``nvidia-smi``'s header; None without one."""
-    import re
-    import shutil
-    import subprocess
 
     exe = shutil.which("nvidia-smi")
     if exe is None:
@@ -210,7 +210,6 @@ def check_ray(cfg: Config, prof: Path | None = None) -> list[Check]:
     """Stage 06 on Ray (``distributed.synthesis: ray``) needs the ``.[scale]`` extra installed."""
     if cfg.distributed.synthesis != "ray":
         return []
-    from . import scale
 
     if not scale.available():
         return [Check("ray", "fail", f"{scale.missing_ray_message(cfg)} ({_where(prof, 'distributed', 'synthesis')}: "
@@ -222,7 +221,6 @@ def check_ray(cfg: Config, prof: Path | None = None) -> list[Check]:
 def check_generation(cfg: Config, prof: Path | None = None) -> list[Check]:
     """A profile whose generators run on vLLM (``generation.backend`` vllm, or auto on a CUDA machine) has
     vLLM's environment (``make vllm-env``): without it, auto fell back to transformers with no word."""
-    from . import vllm_worker
 
     backend = cfg.generation.backend
     if backend not in ("vllm", "auto") or vllm_worker.available():

@@ -18,9 +18,25 @@ import yaml
 from pydantic import ValidationError, model_validator
 
 from . import assets
-from .config import (MTEB_LOCAL_ENV, BrainstormCfg, DistributedCfg, EmbedderCfg, EvaluateCfg, GenerationCfg,
-                     JuniorCfg, ModelsCfg, QualityCfg, RevisorCfg, RunCfg, SeedCfg, SeniorCfg, Strict, SweepsCfg,
-                     SynthesisCfg, TeacherCfg)
+from .config import (
+    MTEB_LOCAL_ENV,
+    BrainstormCfg,
+    DistributedCfg,
+    EmbedderCfg,
+    EvaluateCfg,
+    GenerationCfg,
+    JuniorCfg,
+    ModelsCfg,
+    QualityCfg,
+    RevisorCfg,
+    RunCfg,
+    SeedCfg,
+    SeniorCfg,
+    Strict,
+    SweepsCfg,
+    SynthesisCfg,
+    TeacherCfg,
+)
 from .paths import PARAMS_DIR
 
 # dotted key -> the default at which it is left out of stage hashes (see Config.section_hash)

@@ -17,7 +17,6 @@ import yaml
 from .paths import PACKAGE_DATA
 from .schema import KEYS, STS_TASK
 
-
 # Sampling weights from SPEED's prompts_synthesis.py (speed-method.md §3).
 RETRIEVAL_ATTRS = {
     "query_type": (("extremely long-tail", "long-tail", "common"), (0.4, 0.5, 0.1)),

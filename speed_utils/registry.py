@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 from .config import resolve_path
+from .files import atomic_write_json, atomic_write_text, sha256_path
 from .profiles import Config, load_profile, load_run_config
 from .runs import FILES, RunLock, RunPaths, read_manifest, runner_holds, update_manifest, versions
-from .files import atomic_write_json, atomic_write_text, sha256_path
 
 
 class StageError(RuntimeError):
@@ -129,7 +129,7 @@ def refuse_secret_parameters() -> None:
 
     papermill writes parameters into the executed notebook, so a key passed that way is already on
     disk; say where, and how the key should be given instead."""
-    import __main__
+    import __main__  # the notebook kernel's globals, as they are when the stage starts
 
     found = [name for name, value in vars(__main__).items() if isinstance(value, str) and (
         name.lower() in SECRET_NAMES or value.startswith(("sk-", "sk_")))]

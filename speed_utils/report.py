@@ -16,10 +16,11 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from .evaluate import released_label, trained_label, untrained_label
+from .files import atomic_write_text, read_jsonl
 from .profiles import load_run_config
 from .registry import STAGES
 from .runs import RunPaths
-from .files import atomic_write_text, read_jsonl
 
 
 def _f(x, digits: int = 1) -> str:
@@ -88,7 +89,6 @@ def summary(run: RunPaths, wall_s: float | None = None) -> str:
     lines = [f"report: {run.root / 'report.html'}"]
     avg = run.read_marker(8).get("metrics", {}).get("sts_average", {})
     if avg and run.config.exists():
-        from .evaluate import released_label, trained_label, untrained_label  # mteb takes seconds to import
 
         models = load_run_config(run.config).models
         rows = [(f"{models.embedder} trained", avg.get(trained_label(models.embedder))),

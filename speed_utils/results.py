@@ -19,10 +19,10 @@ from statistics import mean
 
 import yaml
 
-from .profiles import load_run_config
-from .paths import PACKAGE_DATA, REFERENCE_DIR
-from .runs import RunPaths
 from .files import read_jsonl
+from .paths import PACKAGE_DATA, REFERENCE_DIR
+from .profiles import load_run_config
+from .runs import RunPaths
 
 REFERENCE = REFERENCE_DIR / "paper.json"
 CATEGORIES = ("Classification", "Clustering", "PairClassification", "Reranking", "Retrieval", "STS", "Summarization")

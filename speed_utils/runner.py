@@ -17,16 +17,21 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from ipykernel.kernelspec import install
+from jupyter_client.kernelspec import KernelSpecManager
+
 from . import mteb_tasks, preflight, report
-from .budget import estimate as wall_time, in_words, rates_for, slower_here
-from .config import MTEB_LOCAL_ENV
-from .profiles import Config, load_profile, profile_path
-from .cost import STAGE_OF, estimate as teacher_plan
-from .paths import NOTEBOOKS_DIR
 from .adoption import adopt_run
+from .budget import estimate as wall_time
+from .budget import in_words, rates_for, slower_here
+from .config import MTEB_LOCAL_ENV
+from .cost import STAGE_OF
+from .cost import estimate as teacher_plan
+from .files import append_jsonl, atomic_write_text, remove
+from .paths import NOTEBOOKS_DIR
+from .profiles import Config, load_profile, profile_path
 from .registry import STAGES, StageError, marker_matches
 from .runs import LOCK_ENV, RunLock, RunLocked, RunPaths, record_path
-from .files import append_jsonl, atomic_write_text, remove
 
 KERNEL_NAME = "speed-repro"  # pinned; registered in the venv by `make setup` or on first run
 
@@ -44,12 +49,8 @@ KERNEL_ENV = {"TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg", "HF_HUB_DI
 
 def ensure_kernel() -> None:
     """Register the pinned kernel in this environment (``--sys-prefix``) if it is missing."""
-    from jupyter_client.kernelspec import KernelSpecManager
-
     if KERNEL_NAME in KernelSpecManager().find_kernel_specs():
         return
-    from ipykernel.kernelspec import install
-
     install(kernel_name=KERNEL_NAME, display_name="speed-repro (Python 3)", prefix=sys.prefix)
 
 

@@ -11,12 +11,12 @@ import os
 import platform
 import time
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterable
 
 from .files import atomic_write_json, count_lines, sha256_path
 from .paths import RESULTS_DIR
-
 
 # ---------------------------------------------------------------- run folder
 # What the stages hand on, by name: the one place each path is written. The stage registry
@@ -96,7 +96,6 @@ def record_path(out_dir: Path) -> Path:
 
 def versions() -> dict[str, str]:
     """Versions of Python and the packages whose behaviour shapes the numbers."""
-    from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "peft", "trl", "sentence-transformers", "mteb", "openai",

@@ -28,12 +28,13 @@ import time
 import warnings
 from pathlib import Path
 
-from .generate import base_model as profile_base, generation_engine, open_generator
-from .profiles import Config
-from .gguf_lora import adapter_to_gguf
-from .runs import RunPaths
-from .files import atomic_write_text, jsonl_text
 from . import synthesis
+from .files import atomic_write_text, jsonl_text
+from .generate import base_model as profile_base
+from .generate import generation_engine, open_generator
+from .gguf_lora import adapter_to_gguf
+from .profiles import Config
+from .runs import RunPaths
 from .synthesis import Progress, SynthesisError, chunk_path
 
 PLACEMENT_TIMEOUT_S = 1800  # long enough for nodes to join and vLLM engines to load

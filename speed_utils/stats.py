@@ -19,6 +19,7 @@ Resampling is seeded: the same inputs always give the same interval.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -275,7 +276,6 @@ def _average(tasks: Mapping[str, tuple[Sequence[float], Sequence[float]]], n_boo
 
 
 def _task_seed(seed: int, name: str) -> int:
-    import hashlib
 
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:4], "little")
 

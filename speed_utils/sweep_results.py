@@ -11,13 +11,15 @@ shuffled control cannot see the data, and the claims say so (:mod:`speed_utils.c
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 from statistics import mean
 
+from .evaluate import model_pairs, pairable, trained_label
+from .files import read_jsonl
 from .profiles import load_run_config
 from .runs import RunPaths
-from .files import read_jsonl
 from .stats import seeded_difference, seeded_interval, seeded_slope
 from .sweep_spec import load_sweep
 
@@ -40,7 +42,6 @@ def point_order(summary: dict) -> list[str]:
 def sweep_rows(summary: dict) -> list[dict]:
     """One row per sweep point (a point and seed): what it trained on, for how many steps, and each
     readout's scores. ``avg`` and ``tasks`` are the trained decoder's (the first readout)."""
-    from .evaluate import trained_label  # mteb takes seconds to import
 
     bases = summary.get("bases") or {}
     out = []
@@ -73,7 +74,6 @@ def sweep_rows(summary: dict) -> list[dict]:
 def _records(rows: list[dict], label: str) -> tuple[dict, list[str], dict | None]:
     """{base: {seed: pairs}} of one readout, the points left out (no per-pair record, or other pairs than
     the first point's), and the first record (to pair an untrained model with)."""
-    from .evaluate import model_pairs, pairable
 
     runs: dict[str, dict] = {}
     skipped, first = [], None
@@ -99,7 +99,6 @@ def _paired(runs: dict, a: str, b: str, seed: int) -> dict | None:
 def readout_intervals(kind: str, rows: list[dict], label: str, seed: int = 0, untrained: dict | None = None) -> dict:
     """One readout's intervals over a sweep (the module's docstring); ``untrained``: a stage 08 pair record of
     the untrained embedder on the same samples, for each point's gain over it (the decoder readout)."""
-    from .evaluate import model_pairs, pairable
 
     runs, skipped, record = _records(rows, label)
     out: dict = {"points": {}, "minus_first": {}, "minus_untrained": {}, "minus_shuffled": {}, "between": {},
@@ -171,7 +170,6 @@ def size_warnings(kind: str, rows: list[dict]) -> list[str]:
 
 def loglinear_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     """Least-squares ``y = a + b·log10(x)``; returns (a, b), b being the gain per tenfold data."""
-    import math
 
     lx = [math.log10(x) for x in xs]
     mx, my = mean(lx), mean(ys)

@@ -16,12 +16,12 @@ from typing import Sequence
 import yaml
 
 from .adoption import adopt_stages
-from .profiles import Config, load_profile, merge_dicts
+from .files import atomic_write_json, atomic_write_text
 from .paths import RESULTS_DIR
+from .profiles import Config, load_profile, merge_dicts
 from .registry import STAGES, StageError
 from .runner import run
 from .runs import RunPaths
-from .files import atomic_write_json, atomic_write_text
 from .sweep_spec import SUMMARY, SWEEP_KINDS, load_sweep, sweeps_dir
 
 

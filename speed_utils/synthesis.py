@@ -26,14 +26,13 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from .generate import generation_engine, open_generator
 from .config import TASK_TYPES
-from .profiles import Config
 from .dedup import dedup
-from .generate import Generator, GenRequest
+from .files import read_jsonl, sha256_path, write_jsonl
+from .generate import Generator, GenRequest, generation_engine, open_generator
+from .profiles import Config
 from .prompts import Prompt, revision_prompt
 from .runs import RunPaths, stale_temp
-from .files import read_jsonl, sha256_path, write_jsonl
 from .schema import KEYS, generator_schema, parse_example, parse_revision, to_training_example
 from .teacher_data import request_seed, seed_prompts
 

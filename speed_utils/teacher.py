@@ -31,9 +31,10 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from .cost import Kind, Usage, total as ledger_total
-from .runs import RunPaths
+from .cost import Kind, Usage
+from .cost import total as ledger_total
 from .files import append_jsonl, read_jsonl
+from .runs import RunPaths
 
 
 class TeacherError(RuntimeError):

@@ -13,12 +13,12 @@ from collections import Counter, defaultdict
 from typing import Callable, Iterable
 
 from .config import TASK_TYPES, resolve_path
+from .cost import Kind
+from .files import read_jsonl, write_jsonl
 from .profiles import Config
 from .prompts import Prompt, allocate, brainstorm_prompt, generation_prompt, rng_for, sample_topics, templates
 from .runs import RunPaths
-from .files import read_jsonl, write_jsonl
 from .schema import STS_TASK, TASK_LIST_SCHEMA, Parsed, json_schema, parse_example, parse_task_list, response_format
-from .cost import Kind
 from .teacher import Reply, Request, Teacher
 
 RAW_KEEP = 4000  # characters of a rejected reply kept for inspection

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,9 +22,9 @@ from typing import Sequence
 from . import chat
 from .chat import load_tokenizer
 from .config import LoraCfg, TrainCfg
+from .files import atomic_write_json, sha256_path
 from .precision import amp_flags, compute_dtype, dtype_name, release_memory, trained_in
 from .runs import record_path
-from .files import atomic_write_json, sha256_path
 
 log = logging.getLogger(__name__)
 MICRO_BATCH_CPU = 4  # per-device batch on the CPU; the rest of the batch is gradient accumulation
@@ -63,7 +64,6 @@ def lora_config(c: LoraCfg, task_type: str = "CAUSAL_LM"):
 
 def devices() -> int:
     """Processes in this training run (``accelerate launch`` sets WORLD_SIZE), 1 otherwise."""
-    import os
 
     return int(os.environ.get("WORLD_SIZE", "1"))
 

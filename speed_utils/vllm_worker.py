@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import zlib
+from multiprocessing.connection import Client, Listener
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -140,7 +141,6 @@ class VllmWorker:
                  log_path: Path | None = None,
                  make_engine: str = f"{__name__}:_vllm_engine", generate: str = f"{__name__}:_vllm_generate",
                  start_timeout_s: float = 1800):
-        from multiprocessing.connection import Listener
 
         key = secrets.token_bytes(16)
         listener = Listener(("127.0.0.1", 0), authkey=key)
@@ -220,7 +220,6 @@ class VllmWorker:
 
 def main(argv: list[str]) -> None:
     """``python -m speed_utils.vllm_worker HOST:PORT ENGINE GENERATE ARGS``: connect back and serve."""
-    from multiprocessing.connection import Client
 
     host, port = argv[0].rsplit(":", 1)
     conn = Client((host, int(port)), authkey=bytes.fromhex(os.environ.pop("SPEED_REPRO_WORKER_KEY")))

@@ -3,8 +3,8 @@ paper's sizes beside an E5-style pipeline."""
 from __future__ import annotations
 
 from .. import cost, results
-from ..registry import StageContext, StageResult
 from ..files import atomic_write_json
+from ..registry import StageContext, StageResult
 
 
 def run(ctx: StageContext) -> StageResult:

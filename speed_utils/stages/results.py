@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from .. import results
-from ..registry import StageContext, StageResult
 from ..files import atomic_write_json
+from ..registry import StageContext, StageResult
 
 
 def run(ctx: StageContext) -> StageResult:

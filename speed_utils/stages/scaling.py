@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 from .. import claims, evaluate, sweep_results, sweeps
+from ..files import atomic_write_json
 from ..profiles import load_run_config
 from ..registry import StageContext, StageResult
 from ..runs import RunPaths
-from ..files import atomic_write_json
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from ..registry import StageContext, StageResult
-from ..teacher_endpoint import open_teacher
 from ..teacher_data import seed_examples
+from ..teacher_endpoint import open_teacher
 
 
 def run(ctx: StageContext) -> StageResult:
