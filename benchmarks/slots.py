@@ -53,7 +53,8 @@ def generator_rates(model: str, slots_list: list[int], tokens: int, work: Path) 
 def teacher_rates(model: str, slots_list: list[int], tokens: int, work: Path) -> dict[int, dict]:
     from speed_utils import assets
     from speed_utils.runs import RunPaths
-    from speed_utils.teacher import Request, Teacher, TeacherSettings
+    from speed_utils.config import TeacherCfg
+    from speed_utils.teacher import Request, Teacher
     from speed_utils.teacher_endpoint import openai_client
     from speed_utils.llama_server import LlamaServer
 
@@ -63,7 +64,7 @@ def teacher_rates(model: str, slots_list: list[int], tokens: int, work: Path) ->
         n = 2 * slots
         with tempfile.TemporaryDirectory(dir=work) as d, LlamaServer(gguf, Path(d) / "server.log", n_ctx=1024,
                                                                       n_parallel=slots, threads=2) as server:
-            s = TeacherSettings(model=model, max_concurrency=slots, max_retries=0, timeout_s=1200)
+            s = TeacherCfg(backend="llamacpp", model=model, max_concurrency=slots, max_retries=0, timeout_s=1200)
             t = Teacher(s, RunPaths(Path(d)).make(), "bench", lambda: openai_client(server.base_url, "k", 1200))
             reqs = [Request.chat(f"Write a paragraph about the history of topic number {i}.", max_tokens=tokens,
                                  seed=i, temperature=1.0) for i in range(n)]

@@ -22,14 +22,15 @@ def fake_api(n: int, parallel: int) -> None:
     from fakes import FakeTeacher
 
     from speed_utils.runs import RunPaths
-    from speed_utils.teacher import Request, Teacher, TeacherSettings
+    from speed_utils.config import TeacherCfg
+    from speed_utils.teacher import Request, Teacher
     from speed_utils.teacher_endpoint import openai_client
 
     times = {}
     with FakeTeacher(default=lambda body: ("sleep", 1.0, ("ok", '{"answer": "ok"}', "stop"))) as fake:
         for conc in (1, parallel):
             with tempfile.TemporaryDirectory() as d:
-                s = TeacherSettings(model="fake", max_concurrency=conc, max_retries=0, timeout_s=30)
+                s = TeacherCfg(backend="openai", base_url=fake.base_url, model="fake", max_concurrency=conc, max_retries=0, timeout_s=30)
                 t = Teacher(s, RunPaths(Path(d)).make(), "bench", lambda: openai_client(fake.base_url, "k", 30))
                 reqs = [Request.chat(f"question {conc}-{i}") for i in range(n)]
                 with timer() as tm:
@@ -44,7 +45,8 @@ def fake_api(n: int, parallel: int) -> None:
 def local_llama(model: str, n: int, tokens: int) -> None:
     from speed_utils import assets
     from speed_utils.runs import RunPaths
-    from speed_utils.teacher import Request, Teacher, TeacherSettings
+    from speed_utils.config import TeacherCfg
+    from speed_utils.teacher import Request, Teacher
     from speed_utils.teacher_endpoint import openai_client
     from speed_utils.llama_server import LlamaServer
 
@@ -53,7 +55,7 @@ def local_llama(model: str, n: int, tokens: int) -> None:
     for slots in (1, 4):
         with tempfile.TemporaryDirectory() as d, LlamaServer(gguf, Path(d) / "server.log", n_ctx=1024,
                                                              n_parallel=slots, threads=2) as server:
-            s = TeacherSettings(model=model, max_concurrency=slots, max_retries=0, timeout_s=600)
+            s = TeacherCfg(backend="llamacpp", model=model, max_concurrency=slots, max_retries=0, timeout_s=600)
             t = Teacher(s, RunPaths(Path(d)).make(), "bench", lambda: openai_client(server.base_url, "k", 600))
             reqs = [Request.chat(f"Write two sentences about topic number {i}.", max_tokens=tokens, seed=i,
                                  temperature=1.0) for i in range(n)]

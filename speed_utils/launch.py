@@ -45,7 +45,7 @@ def _as_dict(result) -> dict:
 
 
 def result_path(run: RunPaths, stage: str) -> Path:
-    return run.root / "logs" / f"launch-{stage}.result.json"
+    return run.logs / f"launch-{stage}.result.json"
 
 
 def command(cfg: Config, stage: str, run_dir: str | Path) -> list[str]:

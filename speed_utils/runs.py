@@ -57,6 +57,8 @@ class RunPaths:
     teacher_cache = property(lambda s: s.root / "teacher_cache")
     # finished generation batches of stages 04-05, so a killed stage resumes without regenerating
     generation_journal = property(lambda s: s.root / "generation_cache" / "batches.jsonl")
+    # stage 06's chunk files, under a folder per generator setting (content-addressed: sweep points share it)
+    synthesis_chunks = property(lambda s: s.root / "data" / "synthesis")
     notebooks = property(lambda s: s.root / "notebooks")
     data = property(lambda s: s.root / "data")
     adapters = property(lambda s: s.root / "adapters")

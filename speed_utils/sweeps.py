@@ -51,9 +51,9 @@ def sweep(spec_path: str | Path, runs_dir: Path | None = None, donors: Sequence[
                "bases": spec["bases"]}  # point -> (the spec's point, its seed)
     for name, (prof, cfg) in profiles.items():
         run_paths = RunPaths(root / name).make()
-        if donors and not (run_paths.data / "synthesis").exists():  # content-addressed: safe to share
-            (donors[0].data / "synthesis").mkdir(parents=True, exist_ok=True)
-            os.symlink((donors[0].data / "synthesis").resolve(), run_paths.data / "synthesis")
+        if donors and not run_paths.synthesis_chunks.exists():  # content-addressed: safe to share
+            donors[0].synthesis_chunks.mkdir(parents=True, exist_ok=True)
+            os.symlink(donors[0].synthesis_chunks.resolve(), run_paths.synthesis_chunks)
         log(f"sweep {spec['name']}: point {name}")
         adopted = adopt_stages(run_paths, cfg, donors, spec["until"], log)
         t0 = time.monotonic()

@@ -111,7 +111,7 @@ def pass_dirs(cfg: Config, run: RunPaths) -> tuple[Path, Path | None]:
     wkey = _key({"seed": cfg.run.seed, "generator": cfg.models.generator, "batch": cfg.generation.batch_size, "engine": engine,
                  "sampling": [s.n_examples, s.type_weights, s.chunk_size, s.temperature, s.top_p, s.max_new_tokens],
                  "adapter": sha256_path(writer), "tasks": sha256_path(run.file("tasks"))})
-    wdir = run.data / "synthesis" / wkey
+    wdir = run.synthesis_chunks / wkey
     if revisor is None:
         return wdir, None
     rkey = _key({"adapter": sha256_path(revisor), "sampling": [s.revisor_temperature, s.top_p, s.revisor_max_new_tokens]})

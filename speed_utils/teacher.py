@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
+from .config import TeacherCfg
 from .cost import Kind, Usage
 from .cost import total as ledger_total
 from .files import append_jsonl, read_jsonl
@@ -123,31 +124,13 @@ class ResponseCache:
         return len(self._rows)
 
 
-@dataclass
-class TeacherSettings:
-    """What :class:`Teacher` needs from ``TeacherCfg`` (kept separate for tests)."""
-
-    model: str
-    max_concurrency: int = 2
-    max_retries: int = 5
-    timeout_s: float = 300.0
-    backoff_s: float = 1.0
-    max_calls: int | None = None
-    max_tokens: int | None = None
-    cap_name: str = "max_tokens"  # the request field that caps a completion (TeacherCfg.cap_name)
-
-    @classmethod
-    def from_cfg(cls, tc) -> "TeacherSettings":
-        return cls(**{f: getattr(tc, f) for f in cls.__dataclass_fields__})
-
-
 ClientFactory = Callable[[], object]  # returns an ``openai.OpenAI``; called on the first real call
 
 
 class Teacher:
     """Cached, budgeted, retrying access to one OpenAI-compatible teacher for one stage."""
 
-    def __init__(self, settings: TeacherSettings, run: RunPaths, stage: str, connect: ClientFactory,
+    def __init__(self, settings: TeacherCfg, run: RunPaths, stage: str, connect: ClientFactory,
                  describe: str = "teacher"):
         self.s = settings
         self.run = run
@@ -367,4 +350,4 @@ def _retry_after(e) -> float | None:
         return None
 
 
-__all__ = ["Request", "Reply", "Teacher", "TeacherSettings", "TeacherError", "TeacherUnavailable", "BudgetExceeded"]
+__all__ = ["Request", "Reply", "Teacher", "TeacherError", "TeacherUnavailable", "BudgetExceeded"]

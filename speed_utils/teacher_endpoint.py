@@ -12,7 +12,7 @@ import os
 from . import assets
 from .llama_server import LlamaServer, ServerError
 from .runs import RunPaths
-from .teacher import Teacher, TeacherError, TeacherSettings
+from .teacher import Teacher, TeacherError
 
 
 def openai_client(base_url: str, api_key: str, timeout_s: float):
@@ -40,7 +40,6 @@ class open_teacher:
     def __init__(self, cfg, run: RunPaths, stage: str):
         tc = cfg.teacher
         self.server: LlamaServer | None = None
-        settings = TeacherSettings.from_cfg(tc)
         if tc.backend == "llamacpp":
             def connect():
                 gguf = assets.gguf_path(tc.model, online=cfg.use_hub())
@@ -55,7 +54,7 @@ class open_teacher:
             def connect():
                 return openai_client(tc.base_url, api_key_from_env(tc.api_key_env), tc.timeout_s)
             where = f"teacher at {tc.base_url} ({tc.model})"
-        self.teacher = Teacher(settings, run, stage, connect, describe=where)
+        self.teacher = Teacher(tc, run, stage, connect, describe=where)
 
     def __enter__(self) -> Teacher:
         return self.teacher

@@ -21,7 +21,8 @@ from transformers import TrainerCallback  # noqa: E402
 
 from speed_utils.profiles import load_profile  # noqa: E402
 from speed_utils.runs import RunPaths  # noqa: E402
-from speed_utils.teacher import Teacher, TeacherSettings
+from speed_utils.config import TeacherCfg  # noqa: E402
+from speed_utils.teacher import Teacher  # noqa: E402
 from speed_utils.teacher_endpoint import openai_client  # noqa: E402
 
 
@@ -49,8 +50,8 @@ def smoke_cfg():
 def make_teacher(run_paths):
     """A Teacher against any base_url, with fast back-off for tests."""
     def make(base_url, stage="test", key="test-key", **kw):
-        settings = TeacherSettings(**{"model": "fake-model", "max_retries": 2, "backoff_s": 0.01,
-                                      "timeout_s": 5.0, "max_concurrency": 2, **kw})
+        settings = TeacherCfg(**{"backend": "openai", "base_url": base_url, "model": "fake-model", "max_retries": 2,
+                                 "backoff_s": 0.01, "timeout_s": 5.0, "max_concurrency": 2, **kw})
         return Teacher(settings, run_paths, stage, lambda: openai_client(base_url, key, settings.timeout_s))
     return make
 

@@ -168,7 +168,7 @@ def test_openais_own_endpoint_gets_max_completion_tokens(make_teacher):
     assert TeacherCfg(backend="openai", model="m", base_url="http://x/v1", token_param="max_completion_tokens").cap_name \
         == "max_completion_tokens"
     with FakeTeacher() as fake:
-        t = make_teacher(fake.base_url, cap_name="max_completion_tokens")
+        t = make_teacher(fake.base_url, token_param="max_completion_tokens")
         assert t.complete(Request.chat("hi", max_tokens=7)).ok
         assert fake.requests[-1]["max_completion_tokens"] == 7 and "max_tokens" not in fake.requests[-1]
 

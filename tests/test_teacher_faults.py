@@ -7,7 +7,8 @@ import pytest
 from fakes import INJECTED, FakeTeacher
 from speed_utils.files import read_jsonl
 from speed_utils.cost import total as ledger_usage, usage
-from speed_utils.teacher import BudgetExceeded, Request, Teacher, TeacherError, TeacherSettings, TeacherUnavailable
+from speed_utils.config import TeacherCfg
+from speed_utils.teacher import BudgetExceeded, Request, Teacher, TeacherError, TeacherUnavailable
 from speed_utils.llama_server import free_port
 from speed_utils.teacher_data import seed_examples
 
@@ -74,7 +75,8 @@ def test_failed_connect_is_reported_once_not_per_request(run_paths):
     def connect():
         attempts.append(1)
         raise OSError("server binary missing")
-    t = Teacher(TeacherSettings(model="m", max_concurrency=2), run_paths, "test", connect)
+    cfg = TeacherCfg(backend="openai", base_url="http://127.0.0.1:9/v1", model="m", max_concurrency=2)
+    t = Teacher(cfg, run_paths, "test", connect)
     with pytest.raises(TeacherError, match="could not connect: OSError: server binary missing"):
         t.map([req(i) for i in range(6)])
     assert len(attempts) == 1
