@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -149,6 +150,44 @@ def read_jsonl(path: Path) -> Iterator[dict]:
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}, line {number}: damaged JSONL row ({e.msg}); "
                                      "restore the file or rerun the stage that wrote it") from None
+
+
+def salvage_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
+    """Rows of an append-only cache, ledger or journal, setting damaged rows aside instead of stopping.
+
+    A row is damaged when it is not a JSON object, or lacks a field of ``required`` (its content dropped).
+    Damaged rows go, with their line numbers, to ``<name>.damaged.jsonl`` beside the file (appended, so
+    nothing is lost); the file is rewritten atomically without them and a warning names file and lines.
+    What the damaged rows held is made again by the caller (a teacher call, a generation batch), exactly
+    once. A last line cut by a kill is dropped as :func:`read_jsonl` drops it.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    good_lines, rows, damaged = [], [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            cut = not line.endswith("\n")
+            try:
+                row = json.loads(line)
+                why = ("not a JSON object" if not isinstance(row, dict)
+                       else next((f"no {k!r}" for k in required if k not in row), None))
+            except json.JSONDecodeError as e:
+                row, why = None, f"not JSON ({e.msg})"
+            if why is None:
+                good_lines.append(line if not cut else line + "\n")
+                rows.append(row)
+            elif not cut:  # a cut last line is a write a kill interrupted, not damage
+                damaged.append({"line": number, "why": why, "text": line.rstrip("\n")})
+    if damaged:
+        append_jsonl(path.with_name(path.name + ".damaged.jsonl"), damaged)
+        atomic_write_text(path, "".join(good_lines))
+        where = ", ".join(f"line {d['line']} ({d['why']})" for d in damaged[:5]) + (" ..." if len(damaged) > 5 else "")
+        print(f"WARNING: {path}: {len(damaged)} damaged row(s) set aside in {path.name}.damaged.jsonl: {where}; "
+              "what they held will be made again", file=sys.stderr, flush=True)
+    return rows
 
 
 def count_lines(path: Path) -> int:
