@@ -7,6 +7,7 @@ readers drop such a cut tail (and :func:`append_jsonl` repairs it before appendi
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -46,9 +47,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise out_of_space(path, e) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def out_of_space(path: Path, e: OSError) -> OSError:
+    """``e``, or where the disk (or a file-size limit) is full, an error that names the file and says that
+    nothing partial was left: the file holds what it held before the write."""
+    if e.errno not in NO_SPACE:
+        return e
+    return OSError(e.errno, f"{path}: no room to write ({os.strerror(e.errno)}); the file is as it was before this "
+                            "write, with no partial row. Free space (or raise the file-size limit) and rerun: the run "
+                            "resumes where it stopped")
 
 
 def remove(path: Path) -> None:
@@ -119,14 +136,19 @@ def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
-    with _append_lock, open(path, "ab+") as f:
+    with _append_lock, open(path, "ab+", buffering=0) as f:  # unbuffered: a failed write leaves nothing queued
         fcntl.flock(f, fcntl.LOCK_EX)  # another process (a notebook run by hand) may append too
         try:
             _mend_tail(f)
-            f.seek(0, os.SEEK_END)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
+            start = f.seek(0, os.SEEK_END)
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[f.write(view):]
+                os.fsync(f.fileno())
+            except OSError as e:  # a full disk or a file-size limit: take back what part of the rows got in
+                f.truncate(start)
+                raise out_of_space(path, e) from e
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
