@@ -18,7 +18,7 @@ from typing import Iterable, Literal, get_args
 import yaml
 
 from .config import resolve_path
-from .files import read_jsonl
+from .files import salvage_jsonl
 from .paths import PARAMS_DIR
 from .profiles import Config
 from .prompts import brainstorm_prompt, generation_prompt, judge_prompt, revision_prompt, sample_topics
@@ -100,18 +100,24 @@ class Usage:
         self.completion_tokens += row.get("completion_tokens") or 0
 
 
-def usage(ledger_rows: Iterable[dict], by: str = "kind") -> dict[str, Usage]:
+def usage(rows: Iterable[dict], by: str = "kind") -> dict[str, Usage]:
     """Totals per kind of call (``by="kind"``) or per stage (``by="stage"``)."""
     out: dict[str, Usage] = {}
-    for r in ledger_rows:
+    for r in rows:
         out.setdefault(kind_of(r) if by == "kind" else r.get("stage", "?"), Usage()).add(r)
     return out
+
+
+def ledger_rows(ledger: Path) -> list[dict]:
+    """A run's ledger rows; a damaged row is set aside with its line named (its call is not counted twice:
+    the cache, not the ledger, decides what is asked again)."""
+    return salvage_jsonl(ledger, ("stage", "status"))
 
 
 def total(ledger: Path | Iterable[dict]) -> Usage:
     """Totals over a whole ledger (its file, or rows already read): what the teacher's budget guard counts."""
     u = Usage()
-    for r in read_jsonl(ledger) if isinstance(ledger, Path) else ledger:
+    for r in ledger_rows(ledger) if isinstance(ledger, Path) else ledger:
         u.add(r)
     return u
 
@@ -120,7 +126,7 @@ def stage_table(ledger: Path, model: str, table: dict | None = None) -> list[dic
     """Calls, tokens and $ per stage, from a run's ledger."""
     priced, price = price_for(model, table)
     rows = []
-    for stage, u in sorted(usage(read_jsonl(ledger), by="stage").items()):
+    for stage, u in sorted(usage(ledger_rows(ledger), by="stage").items()):
         rows.append({"stage": stage, "calls": u.calls, "cache_hits": u.cache_hits, "prompt_tokens": u.prompt_tokens,
                      "completion_tokens": u.completion_tokens, "usd": round(dollars(u.prompt_tokens, u.completion_tokens, price), 4),
                      "priced_as": priced})
@@ -130,7 +136,7 @@ def stage_table(ledger: Path, model: str, table: dict | None = None) -> list[dic
 def extrapolate(ledger: Path, model: str, table: dict | None = None) -> dict:
     """This run's tokens per call, projected to the paper's sizes for SPEED and for an E5-style pipeline."""
     priced, price = price_for(model, table)
-    kinds = usage(read_jsonl(ledger))
+    kinds = usage(ledger_rows(ledger))
     per_call = {k: kinds[k].per_call() for k in PAPER_CALLS if k in kinds and kinds[k].calls}
     missing = [k for k in PAPER_CALLS if k not in per_call]
     out: dict = {"priced_as": priced, "per_call_tokens": {k: [round(p, 1), round(c, 1)] for k, (p, c) in per_call.items()},

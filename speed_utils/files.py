@@ -7,11 +7,13 @@ readers drop such a cut tail (and :func:`append_jsonl` repairs it before appendi
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -45,9 +47,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise out_of_space(path, e) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def out_of_space(path: Path, e: OSError) -> OSError:
+    """``e``, or where the disk (or a file-size limit) is full, an error that names the file and says that
+    nothing partial was left: the file holds what it held before the write."""
+    if e.errno not in NO_SPACE:
+        return e
+    return OSError(e.errno, f"{path}: no room to write ({os.strerror(e.errno)}); the file is as it was before this "
+                            "write, with no partial row. Free space (or raise the file-size limit) and rerun: the run "
+                            "resumes where it stopped")
 
 
 def remove(path: Path) -> None:
@@ -118,14 +136,19 @@ def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
-    with _append_lock, open(path, "ab+") as f:
+    with _append_lock, open(path, "ab+", buffering=0) as f:  # unbuffered: a failed write leaves nothing queued
         fcntl.flock(f, fcntl.LOCK_EX)  # another process (a notebook run by hand) may append too
         try:
             _mend_tail(f)
-            f.seek(0, os.SEEK_END)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
+            start = f.seek(0, os.SEEK_END)
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[f.write(view):]
+                os.fsync(f.fileno())
+            except OSError as e:  # a full disk or a file-size limit: take back what part of the rows got in
+                f.truncate(start)
+                raise out_of_space(path, e) from e
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -149,6 +172,44 @@ def read_jsonl(path: Path) -> Iterator[dict]:
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}, line {number}: damaged JSONL row ({e.msg}); "
                                      "restore the file or rerun the stage that wrote it") from None
+
+
+def salvage_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
+    """Rows of an append-only cache, ledger or journal, setting damaged rows aside instead of stopping.
+
+    A row is damaged when it is not a JSON object, or lacks a field of ``required`` (its content dropped).
+    Damaged rows go, with their line numbers, to ``<name>.damaged.jsonl`` beside the file (appended, so
+    nothing is lost); the file is rewritten atomically without them and a warning names file and lines.
+    What the damaged rows held is made again by the caller (a teacher call, a generation batch), exactly
+    once. A last line cut by a kill is dropped as :func:`read_jsonl` drops it.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    good_lines, rows, damaged = [], [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            cut = not line.endswith("\n")
+            try:
+                row = json.loads(line)
+                why = ("not a JSON object" if not isinstance(row, dict)
+                       else next((f"no {k!r}" for k in required if k not in row), None))
+            except json.JSONDecodeError as e:
+                row, why = None, f"not JSON ({e.msg})"
+            if why is None:
+                good_lines.append(line if not cut else line + "\n")
+                rows.append(row)
+            elif not cut:  # a cut last line is a write a kill interrupted, not damage
+                damaged.append({"line": number, "why": why, "text": line.rstrip("\n")})
+    if damaged:
+        append_jsonl(path.with_name(path.name + ".damaged.jsonl"), damaged)
+        atomic_write_text(path, "".join(good_lines))
+        where = ", ".join(f"line {d['line']} ({d['why']})" for d in damaged[:5]) + (" ..." if len(damaged) > 5 else "")
+        print(f"WARNING: {path}: {len(damaged)} damaged row(s) set aside in {path.name}.damaged.jsonl: {where}; "
+              "what they held will be made again", file=sys.stderr, flush=True)
+    return rows
 
 
 def count_lines(path: Path) -> int:

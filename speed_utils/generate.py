@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from . import assets
 from .chat import load_tokenizer, user_turn
-from .files import append_jsonl, read_jsonl, sha256_path
+from .files import append_jsonl, salvage_jsonl, sha256_path
 from .gguf_lora import adapter_to_gguf
 from .llama_server import LlamaServer
 from .precision import compute_dtype, dtype_name
@@ -42,16 +42,10 @@ VLLM_CALL_ROWS = 4096  # rows per vLLM call: enough to keep a GPU's batch full, 
 
 
 def _journal(path: Path | None) -> dict[str, list[str]]:
-    """Finished batches from a generation journal; a damaged journal is only a cache, so it is set aside."""
+    """Finished batches from a generation journal; a damaged row is set aside (its batch is generated again)."""
     if path is None:
         return {}
-    try:
-        return {r["key"]: r["texts"] for r in read_jsonl(path)}
-    except (ValueError, KeyError) as e:
-        aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
-        path.rename(aside)
-        print(f"generation journal {path} is damaged ({e}); moved to {aside}, regenerating", file=sys.stderr)
-        return {}
+    return {r["key"]: r["texts"] for r in salvage_jsonl(path, ("key", "texts")) if isinstance(r["texts"], list)}
 
 
 def row_seed(seed: int, sample_id: int) -> int:

@@ -31,7 +31,7 @@ from .files import append_jsonl, atomic_write_text, remove
 from .paths import NOTEBOOKS_DIR
 from .profiles import Config, load_profile, profile_path
 from .registry import STAGES, StageError, marker_matches
-from .runs import LOCK_ENV, RunLock, RunLocked, RunPaths, record_path
+from .runs import LOCK_ENV, RunLock, RunLocked, RunPaths, record_path, unwritable
 
 KERNEL_NAME = "speed-repro"  # pinned; registered in the venv by `make setup` or on first run
 
@@ -79,7 +79,16 @@ def run(profile: str, run_id: str | None = None, start: int = 0, until: int | No
     for donor in map(RunPaths, map(Path, donors)):  # before the run folder is made
         if not donor.config.exists():
             raise StageError(f"--donor {donor.root}: not a run folder (no config.yaml)")
-    run_paths = RunPaths.for_run(run_id or cfg.name, runs_dir).make()
+    run_paths = RunPaths.for_run(run_id or cfg.name, runs_dir)
+    try:
+        run_paths.make()
+    except OSError as e:
+        log(f"error: the run folder {run_paths.root} cannot be made ({e.strerror}: {e.filename}); nothing ran")
+        return 2
+    if why := unwritable(run_paths.root):
+        log(f"error: the run folder cannot be written ({why}); nothing ran and no teacher call was made. "
+            "Give this user write access to it, or choose another --runs-dir or --run-id")
+        return 2
     try:
         lock = RunLock(run_paths.root).acquire()
     except RunLocked as e:

@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import platform
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -137,6 +138,21 @@ def update_manifest(run: RunPaths, stage: int, outputs: Iterable[Path]) -> dict:
 
 # ---------------------------------------------------------------- one writer per run folder
 LOCK_ENV = "SPEED_REPRO_LOCKED_RUN"  # set by the runner for its stage kernels: the lock is already held
+
+
+def unwritable(root: Path) -> str | None:
+    """The first folder of a run that this process cannot create a file in, and why; None when all can be.
+    Checked before a run starts, so a read-only folder stops it before any teacher call or training."""
+    root = Path(root)
+    folders = [root, *sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())] if root.is_dir() else [root]
+    for folder in folders:
+        try:
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            return f"{folder}: {e.strerror}"
+    return None
 
 
 def runner_holds(root: Path) -> bool:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from .config import TeacherCfg
 from .cost import Kind, Usage
 from .cost import total as ledger_total
-from .files import append_jsonl, read_jsonl
+from .files import append_jsonl, salvage_jsonl
 from .runs import RunPaths
 
 
@@ -111,7 +111,7 @@ class ResponseCache:
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / "responses.jsonl"
-        self._rows = {r["key"]: r for r in read_jsonl(self.path)}
+        self._rows = {r["key"]: r for r in salvage_jsonl(self.path, ("key", "content"))}
 
     def get(self, key: str) -> dict | None:
         return self._rows.get(key)

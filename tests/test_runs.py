@@ -34,6 +34,23 @@ def test_damaged_middle_row_names_file_and_line(tmp_path):
         list(read_jsonl(p))
 
 
+def test_a_damaged_cache_row_is_set_aside_with_its_line_and_the_rest_kept(tmp_path, capsys):
+    """Issue 35: in an append-only cache, a middle row that is not JSON, or that lost a field it needs, is set
+    aside (file and line named); the other rows stay, and the file no longer holds the damage."""
+    from speed_utils.files import salvage_jsonl
+
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"key": "a", "v": 1}\n{"key": "b", "v\n{"key": "c"}\n{"key": "d", "v": 4}\n{"key": "e", "v')
+    assert [r["key"] for r in salvage_jsonl(p, ("key", "v"))] == ["a", "d"]  # the cut last line is a kill's, not damage
+    aside = list(read_jsonl(tmp_path / "c.jsonl.damaged.jsonl"))
+    assert [(d["line"], d["why"].split(" (")[0]) for d in aside] == [(2, "not JSON"), (3, "no 'v'")]
+    err = capsys.readouterr().err
+    assert "c.jsonl: 2 damaged row(s)" in err and "line 2 (not JSON" in err and "line 3 (no 'v')" in err
+    assert [r["key"] for r in read_jsonl(p)] == ["a", "d"]  # a plain reader sees no damage now
+    assert salvage_jsonl(p, ("key", "v")) == [{"key": "a", "v": 1}, {"key": "d", "v": 4}]
+    assert len(list(read_jsonl(tmp_path / "c.jsonl.damaged.jsonl"))) == 2  # nothing set aside twice
+
+
 def test_atomic_write_leaves_no_temp_files(tmp_path):
     atomic_write_json(tmp_path / "a.json", {"k": 1})
     write_jsonl(tmp_path / "b.jsonl", [{"k": 2}])

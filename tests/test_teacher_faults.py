@@ -182,3 +182,26 @@ def test_api_key_is_sent_but_never_stored(monkeypatch, run_paths, make_teacher):
     for f in run_paths.root.rglob("*"):
         if f.is_file():
             assert canary not in f.read_text(errors="ignore"), f
+
+
+def test_damaged_cache_rows_cost_exactly_their_calls_again(make_teacher):
+    """Issue 35: a middle row of the reply cache damaged, another with its content dropped: the stage goes on,
+    and the rerun asks the teacher again for those two requests and no other."""
+    import json
+
+    with FakeTeacher(default=lambda b: ("ok", f"answer to {b['messages'][-1]['content']}")) as fake:
+        t = make_teacher(fake.base_url)
+        first = t.map([req(i) for i in range(6)])
+        cache = t.cache.path
+        lines = cache.read_text().splitlines(keepends=True)
+        dropped = json.loads(lines[4])
+        del dropped["content"]
+        lines[1] = lines[1][: len(lines[1]) // 2] + "\n"  # torn in the middle of the file
+        lines[4] = json.dumps(dropped) + "\n"
+        cache.write_text("".join(lines))
+        t2 = make_teacher(fake.base_url)
+        second = t2.map([req(i) for i in range(6)])
+        assert [r.content for r in first] == [r.content for r in second]
+        assert len(fake.requests) == 6 + 2 and sum(not r.cached for r in second) == 2
+        assert len(cache.read_text().splitlines()) == 6  # the two rows made again, once each
+        assert len(cache.with_name("responses.jsonl.damaged.jsonl").read_text().splitlines()) == 2

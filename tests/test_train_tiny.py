@@ -9,7 +9,7 @@ from conftest import Snapshot, random_adapter
 from speed_utils.config import JuniorCfg, LoraCfg, SeniorCfg
 from speed_utils import align
 from speed_utils.generate import GenRequest, Generator
-from speed_utils.files import write_jsonl
+from speed_utils.files import read_jsonl, write_jsonl
 from speed_utils.train import batch_plan, dpo, quant_config, sft
 
 pytestmark = pytest.mark.slow
@@ -157,9 +157,14 @@ def test_journal_resumes_a_killed_generation_without_redoing_finished_batches(ti
     assert resumed.generate(reqs, journal=journal) == whole
     assert len(redo) == 1  # only the batch in flight was generated again
     assert Generator(tiny_lm, batch_size=2).generate(reqs, journal=journal) == Generator(tiny_lm, batch_size=2).generate(reqs)
-    journal.write_text('{"key": 1}\nnot json\n{"key": 2}\n')  # damaged in the middle: a cache, set aside
-    assert Generator(tiny_lm, batch_size=3).generate(reqs, journal=journal) == whole
-    assert len(list(tmp_path.glob("batches.jsonl.damaged-*"))) == 1
+    rows = journal.read_text().splitlines(keepends=True)
+    journal.write_text(rows[0] + "not json\n" + "".join(rows[2:]))  # a middle batch damaged: set aside, made again
+    redo.clear()
+    again = Generator(tiny_lm, batch_size=3)
+    real3 = again._batch
+    again._batch = lambda rs, ids: redo.append(ids) or real3(rs, ids)
+    assert again.generate(reqs, journal=journal) == whole
+    assert len(redo) == 1 and len(list(read_jsonl(tmp_path / "batches.jsonl.damaged.jsonl"))) == 1
 
 
 def test_qlora_is_never_used_without_cuda():
