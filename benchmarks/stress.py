@@ -8,7 +8,10 @@ records the phase it was aimed at.
 
 Checks: every output file equal row for row; no teacher request sent twice (ledger); no file holding a
 partial line (speed-repro verify). Prints the counts the issue asks for. The profile is smoke with one
-llama.cpp slot, so that teacher replies do not depend on how requests share a batch.
+llama.cpp slot for the teacher and one for the generators, so that replies and rows do not depend on how
+requests share a batch and outputs can be compared byte for byte (the ``cpu`` profile's 8 generator slots
+keep, after a kill, every journalled row and repeat none, but new rows may differ in their bytes:
+tests/test_llamacpp_generator.py::test_batched_slots_resume_keeps_finished_rows_and_repeats_none).
 Usage: python benchmarks/stress.py [--kills 2:teacher=3,3:training=2,4:generation=2,6:generation=3]
        [--seed 0] [--keep DIR]
 """
@@ -78,6 +81,7 @@ def main() -> None:
     prof = root / "stress.yaml"
     prof.parent.mkdir(parents=True, exist_ok=True)
     prof.write_text(yaml.safe_dump({"extends": "smoke", "teacher": {"n_parallel": 1, "max_concurrency": 1},
+                                    "generation": {"parallel": 1},
                                     "seed": {"n_examples": 24}, "senior": {"n_prompts": 6}, "revisor": {"n_examples": 12},
                                     "synthesis": {"n_examples": 24, "chunk_size": 3}}))
     runs = root / "runs"

@@ -111,7 +111,7 @@ def usage(rows: Iterable[dict], by: str = "kind") -> dict[str, Usage]:
 def ledger_rows(ledger: Path) -> list[dict]:
     """A run's ledger rows; a damaged row is set aside with its line named (its call is not counted twice:
     the cache, not the ledger, decides what is asked again)."""
-    return salvage_jsonl(ledger, ("stage", "status"))
+    return salvage_jsonl(ledger, ("stage",))
 
 
 def total(ledger: Path | Iterable[dict]) -> Usage:
