@@ -51,7 +51,7 @@ def rates_for(cfg: Config, gpu: str | None = None) -> dict:
     if gpu:
         raise ConfigError(f"--gpu {gpu}: no params/rates-*.yaml of profile {cfg.name} or those it extends "
                           "lists rates per GPU")
-    rates = yaml.safe_load(PARAMS_DIR / "rates-cpu.yaml".read_text())
+    rates = yaml.safe_load((PARAMS_DIR / "rates-cpu.yaml").read_text())
     return {**rates, "machine": f"{rates['machine']} (no params/rates-{cfg.name}.yaml: the cpu machine's rates, "
                                 f"not this profile's hardware)"}
 

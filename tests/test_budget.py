@@ -95,3 +95,14 @@ def test_the_line_before_a_run_gives_the_time_only_where_rates_fit(tmp_path, mon
     assert "on this CPU, which has no bf16 units" in runner._expected(load_profile("cpu"), run, list(range(12)), False)
     smoke = runner._expected(load_profile("smoke"), run, list(range(12)), False)
     assert smoke.startswith("expected: 12 stage(s) (no rates measured") and "min" not in smoke
+
+
+def test_a_profile_without_rates_of_its_own_gets_the_cpu_machines_and_says_so(tmp_path):
+    """A sweep point's profile lives outside params/ and has no rates file: the estimate falls back to the cpu
+    machine's rates and names the fallback (the path that stage 11's points take before each run)."""
+    from speed_utils.budget import rates_for
+
+    prof = tmp_path / "point.yaml"
+    prof.write_text("extends: smoke\n")
+    rates = rates_for(load_profile(prof))
+    assert "no params/rates-point.yaml: the cpu machine's rates" in rates["machine"] and rates["generator"]["tok_s"] > 0
