@@ -135,7 +135,7 @@ def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
     """Append complete lines, fsynced, under a thread lock and an exclusive file lock."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
+    payload = jsonl_text(rows).encode()
     with _append_lock, open(path, "ab+", buffering=0) as f:  # unbuffered: a failed write leaves nothing queued
         fcntl.flock(f, fcntl.LOCK_EX)  # another process (a notebook run by hand) may append too
         try:
